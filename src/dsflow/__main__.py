@@ -1,0 +1,3 @@
+from dsflow.cli import main
+
+raise SystemExit(main())

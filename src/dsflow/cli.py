@@ -1,0 +1,38 @@
+"""`dsflow` command line: one subcommand per workflow stage; Snakemake rules call these."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dsflow import UserError
+from dsflow import log as dslog
+
+# Modules that define `add_parser(subparsers)`; each parser sets `func(args) -> int`.
+COMMANDS = [
+    "dsflow.alphabet",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsflow", description=__doc__)
+    parser.add_argument("--log", help="also append the log to this file (a rule's log:)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dslog.setup(args.log)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        dslog.log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
