@@ -23,6 +23,14 @@ def defaults(schema: dict | None = None) -> dict:
     return {k: v.get("default") for k, v in schema["properties"].items()}
 
 
+def empty_strings(config: dict, schema: dict | None = None) -> None:
+    """Turn None (what `--config key=` gives) into "" for the string-typed keys."""
+    props = (schema or load_schema())["properties"]
+    for key, value in config.items():
+        if value is None and props.get(key, {}).get("type") == "string":
+            config[key] = ""
+
+
 def file_list(value: str) -> list[str]:
     """DeepSpeech's comma-separated file flags."""
     return [p.strip() for p in (value or "").split(",") if p.strip()]

@@ -1,0 +1,27 @@
+# dsflow: DeepSpeech 0.9.3 training as a Snakemake workflow.
+#   snakemake --cores 8 --resources gpu=1
+# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> ...
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# Used with --sdm apptainer only (see containers/ and the README); ignored otherwise.
+container: config["container_image"]
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/import.smk"
+include: "rules/validate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/validate/{split}.summary.json", split=SPLITS),
