@@ -1,0 +1,292 @@
+"""DeepSpeech 0.9.3's acoustic features, computed exactly, and `dsflow features` (one split -> TFRecord shards).
+
+DeepSpeech (util/feeding.py `audio_to_features`) runs TensorFlow's `AudioSpectrogram` (periodic Hann
+window, FFT length = next power of two, magnitude squared) and `Mfcc` (40 mel channels between
+20 Hz and rate/2, log floored at 1e-12, DCT-II scaled by sqrt(2/40), 26 coefficients) on
+int16/32767 audio. `mfcc` below is the same arithmetic as those kernels
+(tensorflow/core/kernels/spectrogram.cc, mfcc_mel_filterbank.cc, mfcc_dct.cc) written as a few
+vectorized numpy operations over all frames at once, in float64 like the kernels, with the
+spectrogram rounded to float32 between the two ops like the graph does.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from dsflow import UserError, __version__
+from dsflow.log import Progress, log
+
+N_INPUT = 26  # DeepSpeech's util/config.py n_input
+FILTERBANK_CHANNELS = 40  # Mfcc op default
+LOWER_FREQUENCY_LIMIT = 20.0  # Mfcc op default
+FILTERBANK_FLOOR = 1e-12  # mfcc.cc kFilterbankFloor
+
+
+def window_samples(sample_rate: int, win_len_ms: float, win_step_ms: float) -> tuple[int, int]:
+    """(window, stride) in samples; DeepSpeech exits unless both are whole numbers of samples."""
+    out = []
+    for name, ms in (("window length", win_len_ms), ("window step", win_step_ms)):
+        n = ms * sample_rate / 1000
+        if n != int(n) or n <= 0:
+            raise ValueError(f"feature {name} of {ms} ms at {sample_rate} Hz is {n} samples, "
+                             "not a positive whole number")
+        out.append(int(n))
+    return out[0], out[1]
+
+
+def _freq_to_mel(freq):
+    return 1127.0 * np.log1p(np.asarray(freq, dtype=np.float64) / 700.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _tables(window: int, sample_rate: int, upper_frequency_limit: float):
+    """Hann window, mel weight matrix [bins, 40] and DCT matrix [40, 26], as the TF kernels build them."""
+    fft_length = 1 << (window - 1).bit_length()
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)  # periodic Hann
+    bins = fft_length // 2 + 1
+
+    # mfcc_mel_filterbank.cc MfccMelFilterbank::Initialize
+    channels = FILTERBANK_CHANNELS
+    mel_low = _freq_to_mel(LOWER_FREQUENCY_LIMIT)
+    mel_hi = _freq_to_mel(upper_frequency_limit)
+    spacing = (mel_hi - mel_low) / (channels + 1)
+    centers = mel_low + spacing * np.arange(1, channels + 2)
+    hz_per_sbin = 0.5 * sample_rate / (bins - 1)
+    start = int(1.5 + LOWER_FREQUENCY_LIMIT / hz_per_sbin)
+    end = int(upper_frequency_limit / hz_per_sbin)
+    matrix = np.zeros((bins, channels))
+    channel = 0
+    for i in range(start, min(end, bins - 1) + 1):
+        melf = float(_freq_to_mel(i * hz_per_sbin))
+        while channel < channels and centers[channel] < melf:
+            channel += 1
+        band = channel - 1
+        if band >= 0:
+            weight = (centers[band + 1] - melf) / (centers[band + 1] - centers[band])
+            matrix[i, band] += weight  # right side of the triangle
+        else:
+            weight = (centers[0] - melf) / (centers[0] - mel_low)
+        if band + 1 < channels:
+            matrix[i, band + 1] += 1.0 - weight  # left side of the next triangle
+
+    # mfcc_dct.cc: cosines[i][j] = sqrt(2/N) cos(pi/N * i * (j + 0.5))
+    j = np.arange(channels) + 0.5
+    dct = math.sqrt(2.0 / channels) * np.cos(np.pi / channels * np.outer(j, np.arange(N_INPUT)))
+    return hann, fft_length, matrix, dct
+
+
+def mfcc(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step_ms: float = 20) -> np.ndarray:
+    """DeepSpeech's features of int16 mono `samples`: float32 [T, 26], T = 1 + (N - window) // stride."""
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise ValueError(f"mono audio expected, got shape {samples.shape}")
+    window, stride = window_samples(sample_rate, win_len_ms, win_step_ms)
+    hann, fft_length, melmatrix, dct = _tables(window, sample_rate, sample_rate / 2)
+    if len(samples) < window:
+        return np.zeros((0, N_INPUT), np.float32)
+    audio = samples.astype(np.float32) / np.float32(np.iinfo(np.int16).max)  # pcm_to_np: /32767 in float32
+    frames = np.lib.stride_tricks.sliding_window_view(audio, window)[::stride]
+    spectrum = np.fft.rfft(frames * hann, n=fft_length)  # float64, like the kernel
+    power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)  # AudioSpectrogram's float output
+    mel = np.sqrt(power, dtype=np.float64) @ melmatrix
+    np.maximum(mel, FILTERBANK_FLOOR, out=mel)
+    return (np.log(mel) @ dct).astype(np.float32)
+
+
+def mfcc_tf(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step_ms: float = 20) -> np.ndarray:
+    """The same features through DeepSpeech's own TF ops (the reference; used by tests and the bench)."""
+    import tensorflow as tf
+
+    window, stride = window_samples(sample_rate, win_len_ms, win_step_ms)
+    audio = tf.constant(np.asarray(samples, np.float32)[:, None] / np.float32(np.iinfo(np.int16).max))
+    spectrogram = tf.raw_ops.AudioSpectrogram(input=audio, window_size=window, stride=stride,
+                                              magnitude_squared=True)
+    out = tf.raw_ops.Mfcc(spectrogram=spectrogram, sample_rate=sample_rate, dct_coefficient_count=N_INPUT,
+                          upper_frequency_limit=sample_rate / 2)
+    return tf.reshape(out, [-1, N_INPUT]).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# `dsflow features`: one validated split -> DIR/shard-NNNNN.tfrecord + DIR/index.csv + DIR/meta.json
+
+
+def read_csv(csv_path: str | Path) -> pd.DataFrame:
+    """A DeepSpeech CSV in DeepSpeech's order: wav_filesize ascending, ties in file order.
+
+    `wav_filename` is resolved against the CSV's folder (absolute paths kept); a missing
+    `wav_filesize` column counts as 0 for every row, as in DeepSpeech.
+    """
+    csv_path = Path(csv_path)
+    try:
+        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"{csv_path}: cannot read CSV: {e}") from None
+    for column in ("wav_filename", "transcript"):
+        if column not in rows.columns:
+            raise UserError(f"{csv_path}: no {column!r} column (columns: {list(rows.columns)})")
+    sizes = rows["wav_filesize"] if "wav_filesize" in rows.columns else pd.Series("0", index=rows.index)
+    numeric = pd.to_numeric(sizes, errors="coerce")
+    bad = numeric.isna() | (numeric != numeric.round())
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raise UserError(f"{csv_path}: row {i + 2}: wav_filesize {sizes.iloc[i]!r} is not a whole number")
+    base = csv_path.resolve().parent
+    out = pd.DataFrame({
+        "wav_filename": [str(base / name) for name in rows["wav_filename"]],  # base / absolute = absolute
+        "wav_filesize": numeric.astype("int64"),
+        "transcript": rows["transcript"],
+        "row": np.arange(2, len(rows) + 2),  # line in the CSV, for messages
+    })
+    return out.sort_values("wav_filesize", kind="stable").reset_index(drop=True)
+
+
+def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: float, win_step: float):
+    """Read one validated WAV and compute its features (run in worker threads)."""
+    where = f"{csv_path}: row {row}: {path}"
+    try:
+        info = sf.info(path)
+        if info.format != "WAV" or info.subtype != "PCM_16" or info.channels != 1 or info.samplerate != sample_rate:
+            raise UserError(f"{where}: expected a 16-bit mono WAV at {sample_rate} Hz, got {info.format} "
+                            f"{info.subtype}, {info.channels} channel(s), {info.samplerate} Hz; "
+                            "validate/convert the split first")
+        samples, _ = sf.read(path, dtype="int16")
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise UserError(f"{where}: cannot read the audio: {e}") from None
+    return mfcc(samples, sample_rate, win_len, win_step), len(samples) / sample_rate
+
+
+def _ordered_map(fn, items, threads: int):
+    """`map(fn, items)` on a thread pool, in order, with a bounded number of items in flight."""
+    items = iter(items)
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque(pool.submit(fn, *item) for item in itertools.islice(items, 4 * threads))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(items, 1):
+                    pending.append(pool.submit(fn, *item))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _example(features: np.ndarray, transcript: str, wav_filename: str, duration: float) -> bytes:
+    import tensorflow as tf
+
+    feature = tf.train.Feature
+    return tf.train.Example(features=tf.train.Features(feature={
+        "features": feature(bytes_list=tf.train.BytesList(value=[features.astype("<f4").tobytes()])),
+        "n_frames": feature(int64_list=tf.train.Int64List(value=[len(features)])),
+        "transcript": feature(bytes_list=tf.train.BytesList(value=[transcript.encode("utf-8")])),
+        "wav_filename": feature(bytes_list=tf.train.BytesList(value=[wav_filename.encode("utf-8")])),
+        "duration": feature(float_list=tf.train.FloatList(value=[duration])),
+    })).SerializeToString()
+
+
+def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float = 32, win_step: float = 20,
+                   threads: int = 1, shard_seconds: float = 3600.0) -> pd.DataFrame:
+    """Compute a split's features into TFRecord shards in DeepSpeech order; returns the index.
+
+    Built in a temporary sibling folder and moved onto `out_dir` only when complete.
+    """
+    import tensorflow as tf
+
+    try:
+        window_samples(sample_rate, win_len, win_step)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if shard_seconds <= 0:
+        raise UserError(f"--shard-seconds must be positive, got {shard_seconds}")
+    rows = read_csv(csv_path)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
+    try:
+        index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
+        (tmp / "meta.json").write_text(json.dumps({
+            "sample_rate": sample_rate, "win_len_ms": win_len, "win_step_ms": win_step, "n_input": N_INPUT,
+            "count": len(index), "total_seconds": float(index["duration"].sum()),
+            "csv": str(Path(csv_path).resolve()), "dsflow_version": __version__,
+        }, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():  # os.replace cannot replace a non-empty folder: move the old one aside first
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+def _write_shards(rows, csv_path, tmp: Path, sample_rate, win_len, win_step, threads, shard_seconds, tf):
+    n_frames, durations, shards = [], [], []
+    shard, writer, shard_duration = -1, None, 0.0
+    jobs = ((path, row, csv_path, sample_rate, win_len, win_step)
+            for path, row in zip(rows["wav_filename"], rows["row"]))
+    try:
+        with Progress("features", len(rows), "clips") as progress:
+            for (features, duration), transcript, path in zip(
+                    _ordered_map(_clip_features, jobs, threads), rows["transcript"], rows["wav_filename"]):
+                if writer is None or shard_duration >= shard_seconds:
+                    if writer is not None:
+                        writer.close()
+                    shard, shard_duration = shard + 1, 0.0
+                    writer = tf.io.TFRecordWriter(str(tmp / SHARD.format(shard)))
+                writer.write(_example(features, transcript, path, duration))
+                shard_duration += duration
+                n_frames.append(len(features))
+                durations.append(duration)
+                shards.append(SHARD.format(shard))
+                progress.update()
+    finally:
+        if writer is not None:
+            writer.close()
+    index = pd.DataFrame({"wav_filename": rows["wav_filename"], "wav_filesize": rows["wav_filesize"],
+                          "transcript": rows["transcript"], "n_frames": n_frames, "duration": durations,
+                          "shard": shards})
+    index.to_csv(tmp / "index.csv", index=False, encoding="utf-8")
+    log.info("%d clips, %.2f h of audio, %d shards", len(index), index["duration"].sum() / 3600, shard + 1)
+    return index
+
+
+SHARD = "shard-{:05d}.tfrecord"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("features", help="compute DeepSpeech's MFCC features of a validated split into "
+                                        "TFRecord shards, in DeepSpeech's order (wav_filesize ascending)")
+    p.add_argument("--csv", required=True, help="validated DeepSpeech CSV (wav_filename,wav_filesize,transcript)")
+    p.add_argument("--out-dir", required=True, help="output folder (shards, index.csv, meta.json); replaced atomically")
+    p.add_argument("--sample-rate", type=int, default=16000, help="audio_sample_rate (default 16000)")
+    p.add_argument("--win-len", type=float, default=32, help="feature_win_len in ms (default 32)")
+    p.add_argument("--win-step", type=float, default=20, help="feature_win_step in ms (default 20)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker threads (default: all CPUs)")
+    p.add_argument("--shard-seconds", type=float, default=3600.0,
+                   help="audio seconds per shard (default 3600: one shard per hour of audio)")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    write_features(args.csv, args.out_dir, args.sample_rate, args.win_len, args.win_step,
+                   max(1, args.threads), args.shard_seconds)
+    return 0
