@@ -12,6 +12,8 @@ from dsflow import log as dslog
 # Modules that define `add_parser(subparsers)`; each parser sets `func(args) -> int`.
 COMMANDS = [
     "dsflow.alphabet",
+    "dsflow.config",
+    "dsflow.validate",
     "dsflow.features",
 ]
 
