@@ -13,6 +13,7 @@ from dsflow import log as dslog
 COMMANDS = [
     "dsflow.alphabet",
     "dsflow.config",
+    "dsflow.demo",
     "dsflow.validate",
     "dsflow.features",
 ]
