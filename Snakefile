@@ -1,6 +1,6 @@
 # dsflow: DeepSpeech 0.9.3 training as a Snakemake workflow.
 #   snakemake --cores 8 --resources gpu=1
-# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> ...
+# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> ...
 
 
 from snakemake.utils import min_version
@@ -19,9 +19,10 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/import.smk"
 include: "rules/validate.smk"
+include: "rules/features.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand("results/validate/{split}.summary.json", split=SPLITS),
+        expand("results/features/{split}", split=SPLITS),
