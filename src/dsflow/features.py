@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from threadpoolctl import threadpool_limits
 
 from dsflow import UserError, __version__
 from dsflow.log import Progress, log
@@ -33,6 +34,7 @@ N_INPUT = 26  # DeepSpeech's util/config.py n_input
 FILTERBANK_CHANNELS = 40  # Mfcc op default
 LOWER_FREQUENCY_LIMIT = 20.0  # Mfcc op default
 FILTERBANK_FLOOR = 1e-12  # mfcc.cc kFilterbankFloor
+BLOCK = 128  # frames per block in `mfcc`
 
 
 def window_samples(sample_rate: int, win_len_ms: float, win_step_ms: float) -> tuple[int, int]:
@@ -89,21 +91,36 @@ def _tables(window: int, sample_rate: int, upper_frequency_limit: float):
 
 
 def mfcc(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step_ms: float = 20) -> np.ndarray:
-    """DeepSpeech's features of int16 mono `samples`: float32 [T, 26], T = 1 + (N - window) // stride."""
+    """DeepSpeech's features of int16 mono `samples`: float32 [T, 26], T = 1 + (N - window) // stride.
+
+    Frames are processed in blocks that stay in the CPU cache. The small matrix products go
+    through BLAS: callers that run this on several threads should limit BLAS to one thread
+    (`write_features` does), as OpenBLAS's own threads otherwise fight with theirs and TF's.
+    """
     samples = np.asarray(samples)
     if samples.ndim != 1:
         raise ValueError(f"mono audio expected, got shape {samples.shape}")
     window, stride = window_samples(sample_rate, win_len_ms, win_step_ms)
     hann, fft_length, melmatrix, dct = _tables(window, sample_rate, sample_rate / 2)
-    if len(samples) < window:
-        return np.zeros((0, N_INPUT), np.float32)
     audio = samples.astype(np.float32) / np.float32(np.iinfo(np.int16).max)  # pcm_to_np: /32767 in float32
+    if len(audio) < window:
+        return np.zeros((0, N_INPUT), np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(audio, window)[::stride]
-    spectrum = np.fft.rfft(frames * hann, n=fft_length)  # float64, like the kernel
-    power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)  # AudioSpectrogram's float output
-    mel = np.sqrt(power, dtype=np.float64) @ melmatrix
-    np.maximum(mel, FILTERBANK_FLOOR, out=mel)
-    return (np.log(mel) @ dct).astype(np.float32)
+    out = np.empty((len(frames), N_INPUT), np.float32)
+    block = np.zeros((min(BLOCK, len(frames)), fft_length))  # zero-padded to the FFT length, like the kernel
+    for i in range(0, len(frames), BLOCK):
+        chunk = frames[i:i + BLOCK]
+        windowed = block[:len(chunk)]
+        np.multiply(chunk, hann, out=windowed[:, :window])
+        spectrum = np.fft.rfft(windowed).view(np.float64)  # float64 like the kernel; [re, im, re, im, ...]
+        np.multiply(spectrum, spectrum, out=spectrum)
+        power = np.empty((len(chunk), spectrum.shape[1] // 2), np.float32)  # AudioSpectrogram's float output
+        np.add(spectrum[:, 0::2], spectrum[:, 1::2], out=power, casting="same_kind")  # summed in float64
+        mel = np.sqrt(power, dtype=np.float64) @ melmatrix
+        np.maximum(mel, FILTERBANK_FLOOR, out=mel)
+        np.log(mel, out=mel)
+        out[i:i + BLOCK] = mel @ dct
+    return out
 
 
 def mfcc_tf(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step_ms: float = 20) -> np.ndarray:
@@ -156,13 +173,15 @@ def read_csv(csv_path: str | Path) -> pd.DataFrame:
 def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: float, win_step: float):
     """Read one validated WAV and compute its features (run in worker threads)."""
     where = f"{csv_path}: row {row}: {path}"
+    if not os.path.isfile(path):
+        raise UserError(f"{where}: no such file")
     try:
-        info = sf.info(path)
-        if info.format != "WAV" or info.subtype != "PCM_16" or info.channels != 1 or info.samplerate != sample_rate:
-            raise UserError(f"{where}: expected a 16-bit mono WAV at {sample_rate} Hz, got {info.format} "
-                            f"{info.subtype}, {info.channels} channel(s), {info.samplerate} Hz; "
-                            "validate/convert the split first")
-        samples, _ = sf.read(path, dtype="int16")
+        with sf.SoundFile(path) as f:
+            if f.format != "WAV" or f.subtype != "PCM_16" or f.channels != 1 or f.samplerate != sample_rate:
+                raise UserError(f"{where}: expected a 16-bit mono WAV at {sample_rate} Hz, got {f.format} "
+                                f"{f.subtype}, {f.channels} channel(s), {f.samplerate} Hz; "
+                                "validate/convert the split first")
+            samples = f.read(dtype="int16")
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise UserError(f"{where}: cannot read the audio: {e}") from None
     return mfcc(samples, sample_rate, win_len, win_step), len(samples) / sample_rate
@@ -219,7 +238,8 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
     try:
-        index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
+        with threadpool_limits(1, user_api="blas"):  # parallel over clips; BLAS threads would only contend
+            index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
         (tmp / "meta.json").write_text(json.dumps({
             "sample_rate": sample_rate, "win_len_ms": win_len, "win_step_ms": win_step, "n_input": N_INPUT,
             "count": len(index), "total_seconds": float(index["duration"].sum()),

@@ -1,0 +1,195 @@
+"""DeepSpeech's features: numpy vs TensorFlow's own ops on real audio, and `dsflow features` shards."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import tensorflow as tf
+
+from dsflow import UserError, cli
+from dsflow.features import mfcc, read_csv, write_features
+from tests.conftest import LDC
+
+# Both sides do the same float64 arithmetic and round to float32 at the same two points
+# (spectrogram, output); only the FFT differs (pocketfft vs the kernel's Ooura FFT), by ~1e-16
+# relative, which can at most flip the last bit of a float32. The features are within |64|,
+# where a float32 step is 7.6e-6: so allow ~1-2 float32 steps and nothing more.
+TIGHT = dict(rtol=1e-6, atol=1e-5)
+
+
+def deepspeech_features(samples: np.ndarray, rate: int, window: int, stride: int, scale=32767) -> np.ndarray:
+    """util/feeding.py audio_to_features on util/audio.py pcm_to_np's output, in TF 2."""
+    audio = samples.astype(np.float32)[:, None] / np.float32(scale)  # pcm_to_np: int16 / iinfo(int16).max
+    spectrogram = tf.raw_ops.AudioSpectrogram(input=audio, window_size=window, stride=stride,
+                                              magnitude_squared=True)
+    features = tf.raw_ops.Mfcc(spectrogram=spectrogram, sample_rate=rate, dct_coefficient_count=26,
+                               upper_frequency_limit=rate / 2)
+    return tf.reshape(features, [-1, 26]).numpy()
+
+
+def read16(name):
+    samples, rate = sf.read(LDC / name, dtype="int16")
+    return samples, rate
+
+
+def test_equals_deepspeech_ops_16k():
+    samples, rate = read16("LDC93S1.wav")
+    ours = mfcc(samples, rate)
+    assert ours.shape == (145, 26) and ours.dtype == np.float32
+    ref = deepspeech_features(samples, rate, 512, 320)
+    np.testing.assert_allclose(ours, ref, **TIGHT)
+    # /32768 (decode_wav, the native client) instead of /32767 would be outside the tolerance
+    assert not np.allclose(ours, deepspeech_features(samples, rate, 512, 320, scale=32768), **TIGHT)
+
+
+def test_equals_deepspeech_ops_8k():
+    samples, rate = read16("LDC93S1_pcms16le_1_8000.wav")
+    assert rate == 8000
+    ours = mfcc(samples, rate)  # 32 ms / 20 ms at 8 kHz: 256 / 160 samples
+    assert ours.shape == (145, 26)
+    np.testing.assert_allclose(ours, deepspeech_features(samples, rate, 256, 160), **TIGHT)
+
+
+def test_equals_deepspeech_ops_on_edge_cases():
+    samples, rate = read16("LDC93S1.wav")
+    noise = np.random.default_rng(0).integers(-3, 4, 16000).astype(np.int16)
+    silence_then_speech = np.concatenate([np.zeros(8000, np.int16), samples[:20000]])
+    loud = np.clip(samples.astype(np.int32) * 40, -32768, 32767).astype(np.int16)  # clipped
+    for audio in (noise, silence_then_speech, loud, samples[:512], samples[:831], np.tile(samples, 3)):
+        ours = mfcc(audio, rate)
+        assert ours.shape == (1 + (len(audio) - 512) // 320, 26)
+        np.testing.assert_allclose(ours, deepspeech_features(audio, rate, 512, 320), **TIGHT)
+    # a window that is not a power of two is zero-padded to the next one (20 ms at 8 kHz: 160 -> 256)
+    samples8, _ = read16("LDC93S1_pcms16le_1_8000.wav")
+    np.testing.assert_allclose(mfcc(samples8, 8000, 20, 10), deepspeech_features(samples8, 8000, 160, 80), **TIGHT)
+    assert mfcc(samples[:511], rate).shape == (0, 26)
+
+
+def test_windows_must_be_whole_samples():
+    samples, _ = read16("LDC93S1.wav")
+    with pytest.raises(ValueError, match="1411.2 samples"):
+        mfcc(samples, 44100)  # 32 ms at 44.1 kHz
+    with pytest.raises(ValueError, match="window step"):
+        mfcc(samples, 16000, 32, 20.01)
+    with pytest.raises(ValueError, match="mono"):
+        mfcc(np.stack([samples, samples], axis=1), 16000)
+
+
+# ---- dsflow features -------------------------------------------------------------------------
+
+def make_split(folder, sizes):
+    """Clips cut from LDC93S1 (clip i is 0.5 + 0.25 i seconds); CSV lists them with the given wav_filesize."""
+    samples, rate = read16("LDC93S1.wav")
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, size in enumerate(sizes):
+        name = f"sub/clip{i}.wav" if i % 2 else f"clip{i}.wav"
+        sf.write(folder / name, samples[: int((0.5 + 0.25 * i) * rate)], rate, subtype="PCM_16")
+        rows.append(f"{name},{size},clip {i}")
+    csv = folder / "split.csv"
+    csv.write_text("wav_filename,wav_filesize,transcript\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return csv
+
+
+def records(path):
+    spec = {"features": tf.io.FixedLenFeature([], tf.string), "n_frames": tf.io.FixedLenFeature([], tf.int64),
+            "transcript": tf.io.FixedLenFeature([], tf.string),
+            "wav_filename": tf.io.FixedLenFeature([], tf.string), "duration": tf.io.FixedLenFeature([], tf.float32)}
+    for raw in tf.data.TFRecordDataset(str(path)):
+        ex = tf.io.parse_single_example(raw, spec)
+        yield {"features": np.frombuffer(ex["features"].numpy(), "<f4").reshape(-1, 26),
+               "n_frames": int(ex["n_frames"]), "transcript": ex["transcript"].numpy().decode(),
+               "wav_filename": ex["wav_filename"].numpy().decode(), "duration": float(ex["duration"])}
+
+
+def test_sorted_by_filesize_then_csv_order_and_sharded_by_seconds(tmp_path):
+    sizes = [500, 100, 300, 100, 200, 300, 50, 400]  # ties: rows 1 & 3, rows 2 & 5
+    csv = make_split(tmp_path / "data", sizes)
+    out = tmp_path / "features" / "train"
+    assert cli.main(["features", "--csv", str(csv), "--out-dir", str(out), "--threads", "2",
+                     "--shard-seconds", "3"]) == 0
+    index = pd.read_csv(out / "index.csv", keep_default_na=False)
+    order = [6, 1, 3, 4, 2, 5, 7, 0]
+    assert index.transcript.tolist() == [f"clip {i}" for i in order]
+    assert index.wav_filesize.tolist() == sorted(sizes)
+    wavs = [str((tmp_path / "data" / (f"sub/clip{i}.wav" if i % 2 else f"clip{i}.wav")).resolve()) for i in order]
+    assert index.wav_filename.tolist() == wavs
+    durations = [0.5 + 0.25 * i for i in order]
+    assert index.duration.tolist() == pytest.approx(durations)
+    assert index.n_frames.tolist() == [1 + (int(d * 16000) - 512) // 320 for d in durations]
+    # a new shard starts once the current one holds >= 3 s of audio
+    expected, shard, held = [], 0, 0.0
+    for d in durations:
+        if held >= 3:
+            shard, held = shard + 1, 0.0
+        expected.append(f"shard-{shard:05d}.tfrecord")
+        held += d
+    assert index.shard.tolist() == expected and shard >= 2  # 3 shards or more
+    assert sorted(p.name for p in out.iterdir()) == sorted({*expected, "index.csv", "meta.json"})
+    # the shards, read one after another, hold the index's rows in order, with the exact features
+    got = [r for name in dict.fromkeys(expected) for r in records(out / name)]
+    assert [r["wav_filename"] for r in got] == wavs
+    assert [r["transcript"] for r in got] == index.transcript.tolist()
+    assert [r["n_frames"] for r in got] == index.n_frames.tolist()
+    assert [r["duration"] for r in got] == pytest.approx(durations)
+    for r in got:
+        samples, rate = sf.read(r["wav_filename"], dtype="int16")
+        np.testing.assert_array_equal(r["features"], mfcc(samples, rate))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["count"] == 8 and meta["n_input"] == 26 and meta["sample_rate"] == 16000
+    assert meta["total_seconds"] == pytest.approx(sum(durations))
+    assert (meta["win_len_ms"], meta["win_step_ms"]) == (32, 20)
+    assert not [p for p in out.parent.iterdir() if p.name != "train"]  # no temporary folders left
+
+
+def test_the_8k_copy_with_its_own_rate(ldc, tmp_path):
+    (ldc / "ldc8k.csv").write_text("wav_filename,wav_filesize,transcript\n"
+                                   "LDC93S1_pcms16le_1_8000.wav,46876,she had your dark suit\n")
+    index = write_features(ldc / "ldc8k.csv", tmp_path / "out", sample_rate=8000)
+    assert index.n_frames.tolist() == [145]
+    (record,) = records(tmp_path / "out" / "shard-00000.tfrecord")
+    samples, _ = read16("LDC93S1_pcms16le_1_8000.wav")
+    np.testing.assert_allclose(record["features"], deepspeech_features(samples, 8000, 256, 160), **TIGHT)
+
+
+def test_corrupt_wav_fails_naming_it_and_leaves_nothing(tmp_path, capsys):
+    csv = make_split(tmp_path / "data", [1, 2, 3, 4])
+    (tmp_path / "data" / "sub" / "clip3.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    out = tmp_path / "features" / "dev"
+    with pytest.raises(UserError, match=r"split.csv: row 5: .*sub/clip3.wav: cannot read the audio"):
+        write_features(csv, out, threads=2)
+    assert not (tmp_path / "features").exists() or not list((tmp_path / "features").iterdir())
+    # an earlier complete output stays as it was; the CLI reports the error and exits 2
+    out.mkdir(parents=True)
+    (out / "index.csv").write_text("old\n")
+    assert cli.main(["features", "--csv", str(csv), "--out-dir", str(out)]) == 2
+    assert "sub/clip3.wav: cannot read the audio" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "features").iterdir()] == ["dev"]
+    assert (out / "index.csv").read_text() == "old\n"
+
+
+def test_wrong_format_or_missing_file_is_named(ldc, tmp_path):
+    (ldc / "bad.csv").write_text("wav_filename,wav_filesize,transcript\n"
+                                 "LDC93S1.wav,1,a\nLDC93S1_pcms16le_1_8000.wav,2,b\n")
+    with pytest.raises(UserError, match=r"row 3: .*LDC93S1_pcms16le_1_8000.wav: expected a 16-bit mono WAV at "
+                                        r"16000 Hz, got WAV PCM_16, 1 channel\(s\), 8000 Hz"):
+        write_features(ldc / "bad.csv", tmp_path / "out")
+    (ldc / "missing.csv").write_text("wav_filename,wav_filesize,transcript\nnope.wav,1,a\n")
+    with pytest.raises(UserError, match=r"row 2: .*nope.wav: no such file"):
+        write_features(ldc / "missing.csv", tmp_path / "out")
+    (ldc / "size.csv").write_text("wav_filename,wav_filesize,transcript\nLDC93S1.wav,big,a\n")
+    with pytest.raises(UserError, match=r"size.csv: row 2: wav_filesize 'big'"):
+        write_features(ldc / "size.csv", tmp_path / "out")
+    with pytest.raises(UserError, match="not a positive whole number"):
+        write_features(ldc / "ldc93s1.csv", tmp_path / "out", sample_rate=44100)
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_csv_without_filesize_keeps_file_order(tmp_path):
+    (tmp_path / "a.csv").write_text("wav_filename,transcript\nz.wav,one\na.wav,two\n/abs/b.wav,three\n")
+    rows = read_csv(tmp_path / "a.csv")
+    assert rows.transcript.tolist() == ["one", "two", "three"]
+    assert rows.wav_filename.tolist() == [str(tmp_path / "z.wav"), str(tmp_path / "a.wav"), "/abs/b.wav"]
+    assert rows.wav_filesize.tolist() == [0, 0, 0]
