@@ -16,6 +16,7 @@ COMMANDS = [
     "dsflow.demo",
     "dsflow.validate",
     "dsflow.features",
+    "dsflow.importer",
 ]
 
 
