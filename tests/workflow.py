@@ -1,4 +1,4 @@
-"""Run the real workflow with Snakemake in a scratch copy of the repository."""
+"""Run the real workflow with Snakemake in a scratch copy of the repository (output: stdout + stderr)."""
 
 import os
 import shutil
@@ -24,8 +24,8 @@ def workdir(tmp_path: Path) -> Path:
 
 def snakemake(wd: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
     if check and done.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout}")
     return done

@@ -1,0 +1,72 @@
+"""The workflow itself, run by Snakemake: the DAG, and the data stages on real (tiny) corpora."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from dsflow.cli import main as dsflow
+from tests.workflow import snakemake, workdir
+
+SMOKE = ["common_voice_dir=", "train_files=data/ldc93s1/ldc93s1.csv", "dev_files=data/ldc93s1/ldc93s1.csv",
+         "test_files=data/ldc93s1/ldc93s1.csv"]
+
+
+def jobs(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    table = dry_run_output.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    return workdir(tmp_path_factory.mktemp("wf"))
+
+
+def test_default_dry_run_lists_the_demo_chain_in_order(wf):
+    out = snakemake(wf, "-n").stdout
+    assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "all": 1}
+    first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features")]
+    assert first == sorted(first)
+
+
+def test_csv_config_skips_the_import(wf):
+    assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {"validate": 3, "features": 3, "all": 1}
+    only_train = jobs(snakemake(wf, "-n", "--config", "common_voice_dir=",
+                                "train_files=data/ldc93s1/ldc93s1.csv").stdout)
+    assert only_train == {"validate": 1, "features": 1, "all": 1}
+
+
+@pytest.fixture(scope="module")
+def tiny_cv(tmp_path_factory):
+    """A real Common Voice-like release: 10 sentences per split, one espeak-ng take each, plus broken clips."""
+    root = tmp_path_factory.mktemp("cv") / "cv-corpus-tiny" / "en"
+    assert dsflow(["demo-corpus", "--text", "data/text/harvard_sentences.txt", "--out", str(root),
+                   "--limit-lists", "1", "--takes", "1", "--threads", "2"]) == 0
+    train = root / "train.tsv"
+    lines = train.read_text().splitlines()
+    fields = lines[1].split("\t")
+    (root / "clips" / "broken.mp3").write_bytes(b"\xff\xfb" + bytes(500))
+    extra = [fields[:1] + ["broken.mp3", "A broken clip."] + fields[3:],
+             fields[:1] + [fields[1], "Twenty 20 digits."] + fields[3:]]
+    train.write_text("\n".join(lines + ["\t".join(f) for f in extra]) + "\n")
+    return root
+
+
+def test_common_voice_folder_to_features(tmp_path, tiny_cv):
+    wd = workdir(tmp_path)
+    snakemake(wd, "--cores", "2", "--config", f"common_voice_dir={tiny_cv}")
+    rejected = pd.read_csv(wd / "results/import/rejected.tsv", sep="\t")
+    assert sorted(rejected.reason) == ["conversion_failed", "label_invalid"]
+    for split in ("train", "dev", "test"):
+        summary = json.loads((wd / f"results/validate/{split}.summary.json").read_text())
+        assert summary["rows"] == summary["rows_kept"] == 10
+        index = pd.read_csv(wd / f"results/features/{split}/index.csv")
+        assert len(index) == 10 and (index.n_frames > 50).all()
+    # Nothing is stale: a second run does nothing.
+    assert "Nothing to be done" in snakemake(wd, "--cores", "2", "--config", f"common_voice_dir={tiny_cv}").stdout
+    # A forced re-import re-uses every converted WAV.
+    snakemake(wd, "--cores", "2", "-R", "import_cv", "--config", f"common_voice_dir={tiny_cv}")
+    log = (wd / "results/logs/import_cv.log").read_text()
+    assert re.search(r"reus\w+ 30\b|30 \w* ?reused", log), log[-1500:]
