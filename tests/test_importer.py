@@ -139,6 +139,9 @@ def test_import_every_reason(cv_release, tmp_path):
     assert summary["splits"]["dev"]["imported"] == summary["splits"]["test"]["imported"] == 1
     # label-rejected clips are not converted; corrupt/empty/missing leave no WAV behind
     assert sorted(p.name for p in wavs.iterdir()) == ["dev1.wav", "good.wav", "long.wav", "short.wav", "test1.wav"]
+    # nothing is written into the release folder (read-only, but root could write there anyway)
+    assert sorted(p.name for p in cv_release.rglob("*")) == sorted(
+        ["clips", "train.tsv", "dev.tsv", "test.tsv"] + [clip for _, clip, *_ in ROWS if clip != "missing.mp3"])
     assert "train: Imported 1 samples." in log
     assert "train: Skipped 3 samples that failed upon conversion." in log
     assert "train: Skipped 2 samples that failed on transcript validation." in log
