@@ -6,7 +6,7 @@ either eagerly or through one tf.function called per file. dsflow's way: the vec
 (reading, features, TFRecord shards, index). Throughput is audio seconds per wall-clock second;
 each way runs `--repeat` times, interleaved, and its best run counts (the machine may be shared).
 
-    python bench/bench_features.py [--clips 300] [--threads N] [--repeat 3]
+    python bench/bench_features.py [--clips 600] [--threads N] [--repeat 3]
 
 The audio is made here from data/ldc93s1/LDC93S1.wav: clips of 1.5-10 s (Common Voice-like
 lengths) cut from it repeated, with a little noise so that no two clips are the same.
@@ -76,16 +76,16 @@ def deepspeech_function(paths):
         features(samples.astype(np.float32)[:, None] / np.float32(32767)).numpy()
 
 
-def dsflow_numpy(paths, threads):
-    jobs = ((str(p), 0, "bench.csv", 16000, 32, 20) for p in paths)
+def dsflow_numpy(csv, threads):
+    rows = F.read_csv(csv)
     with threadpool_limits(1, user_api="blas"):  # as write_features does
-        for _ in F._ordered_map(F._clip_features, jobs, threads):
+        for _ in F.clip_features(rows, csv, 16000, 32, 20, threads):
             pass
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=300)
+    parser.add_argument("--clips", type=int, default=600)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -95,6 +95,7 @@ def main() -> None:
     import tensorflow as tf
 
     logging.getLogger("dsflow").setLevel(logging.WARNING)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         csv, seconds = make_clips(tmp, args.clips)
@@ -106,25 +107,31 @@ def main() -> None:
         ways = {
             "DeepSpeech ops, eager, per file": lambda: deepspeech_eager(paths),
             "DeepSpeech ops, tf.function per file": lambda: deepspeech_function(paths),
-            "dsflow numpy, 1 thread": lambda: dsflow_numpy(paths, 1),
-            f"dsflow numpy, {args.threads} threads": lambda: dsflow_numpy(paths, args.threads),
+            "dsflow numpy, 1 thread": lambda: dsflow_numpy(csv, 1),
+            f"dsflow numpy, {args.threads} threads": lambda: dsflow_numpy(csv, args.threads),
             f"dsflow features job, {args.threads} threads (+ TFRecords, index)":
                 lambda: F.write_features(csv, tmp / "out", threads=args.threads),
         }
         for way in ways.values():  # warm-up: imports, tracing, caches
             way()
         best = {name: float("inf") for name in ways}
+        cpu = {name: float("inf") for name in ways}
         for _ in range(args.repeat):
             for name, way in ways.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 way()
                 best[name] = min(best[name], time.perf_counter() - start)
+                cpu[name] = min(cpu[name], time.process_time() - start_cpu)
     baseline = max(seconds / best[name] for name in list(ways)[:2])
+    baseline_cpu = max(seconds / cpu[name] for name in list(ways)[:2])
     print(f"{args.clips} clips, {seconds:.0f} s of audio, {os.cpu_count()} CPUs, TF {tf.__version__}, "
-          f"numpy {np.__version__}, best of {args.repeat}")
-    for name, t in best.items():
-        print(f"{name:62s} {seconds / t:9.0f} audio-s/s  {seconds / t / baseline:5.2f}x")
-    print("(ratios against the faster of DeepSpeech's two ways)")
+          f"numpy {np.__version__}, best of {args.repeat}, load average before: {load}")
+    print(f"{'':62s} {'wall clock':>23s}  {'CPU time (all threads)':>23s}")
+    for name in ways:
+        print(f"{name:62s} {seconds / best[name]:9.0f} audio-s/s {seconds / best[name] / baseline:5.2f}x"
+              f"  {seconds / cpu[name]:9.0f} audio-s/s {seconds / cpu[name] / baseline_cpu:5.2f}x")
+    print("(ratios against the faster of DeepSpeech's two ways; wall clock is the throughput, CPU time the "
+          "work per audio second, which is what a busy machine still shows)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ window, FFT length = next power of two, magnitude squared) and `Mfcc` (40 mel ch
 20 Hz and rate/2, log floored at 1e-12, DCT-II scaled by sqrt(2/40), 26 coefficients) on
 int16/32767 audio. `mfcc` below is the same arithmetic as those kernels
 (tensorflow/core/kernels/spectrogram.cc, mfcc_mel_filterbank.cc, mfcc_dct.cc) written as a few
-vectorized numpy operations over all frames at once, in float64 like the kernels, with the
-spectrogram rounded to float32 between the two ops like the graph does.
+vectorized numpy operations over blocks of frames, in float64 like the kernels, with the
+spectrogram rounded to float32 between the two ops like the graph does. On real audio the result
+is bit-identical to the ops (tests/test_features.py checks it with a 1-2 float32-step tolerance).
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def read_csv(csv_path: str | Path) -> pd.DataFrame:
 
 
 def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: float, win_step: float):
-    """Read one validated WAV and compute its features (run in worker threads)."""
+    """Read one validated WAV and compute its features (runs in the workers)."""
     where = f"{csv_path}: row {row}: {path}"
     if not os.path.isfile(path):
         raise UserError(f"{where}: no such file")
@@ -187,16 +188,22 @@ def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: flo
     return mfcc(samples, sample_rate, win_len, win_step), len(samples) / sample_rate
 
 
-def _ordered_map(fn, items, threads: int):
-    """`map(fn, items)` on a thread pool, in order, with a bounded number of items in flight."""
-    items = iter(items)
+def clip_features(rows: pd.DataFrame, csv_path, sample_rate: int, win_len: float, win_step: float, threads: int):
+    """(features, duration) of each row's WAV, in row order, computed on `threads` threads.
+
+    Threads, not processes: numpy and libsndfile release the GIL, and a process pool measured
+    slower (start-up and pickling; bench/bench_features.py). A bounded number of clips is in
+    flight, so memory stays flat on big splits.
+    """
+    jobs = iter(zip(rows["wav_filename"], rows["row"]))
+    args = (csv_path, sample_rate, win_len, win_step)
     with ThreadPoolExecutor(threads) as pool:
-        pending = deque(pool.submit(fn, *item) for item in itertools.islice(items, 4 * threads))
+        pending = deque(pool.submit(_clip_features, *job, *args) for job in itertools.islice(jobs, 4 * threads))
         try:
             while pending:
                 result = pending.popleft().result()
-                for item in itertools.islice(items, 1):
-                    pending.append(pool.submit(fn, *item))
+                for job in itertools.islice(jobs, 1):
+                    pending.append(pool.submit(_clip_features, *job, *args))
                 yield result
         finally:
             for future in pending:
@@ -261,12 +268,10 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
 def _write_shards(rows, csv_path, tmp: Path, sample_rate, win_len, win_step, threads, shard_seconds, tf):
     n_frames, durations, shards = [], [], []
     shard, writer, shard_duration = -1, None, 0.0
-    jobs = ((path, row, csv_path, sample_rate, win_len, win_step)
-            for path, row in zip(rows["wav_filename"], rows["row"]))
     try:
         with Progress("features", len(rows), "clips") as progress:
             for (features, duration), transcript, path in zip(
-                    _ordered_map(_clip_features, jobs, threads), rows["transcript"], rows["wav_filename"]):
+                    clip_features(rows, csv_path, sample_rate, win_len, win_step, threads), rows["transcript"], rows["wav_filename"]):
                 if writer is None or shard_duration >= shard_seconds:
                     if writer is not None:
                         writer.close()
@@ -285,6 +290,8 @@ def _write_shards(rows, csv_path, tmp: Path, sample_rate, win_len, win_step, thr
                           "transcript": rows["transcript"], "n_frames": n_frames, "duration": durations,
                           "shard": shards})
     index.to_csv(tmp / "index.csv", index=False, encoding="utf-8")
+    if index.empty:
+        log.warning("%s: no clips; the features folder is empty", csv_path)
     log.info("%d clips, %.2f h of audio, %d shards", len(index), index["duration"].sum() / 3600, shard + 1)
     return index
 
