@@ -1,6 +1,5 @@
 """`dsflow import-cv` on a tiny Common Voice folder of real MP3s (espeak-ng / sox synth, encoded by sox+lame)."""
 
-import csv
 import json
 import os
 import random
@@ -13,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from dsflow import UserError, importer
+from dsflow.atomic import atomic_open
 from dsflow.cli import main
 
 ALPHABET = Path(__file__).resolve().parents[1] / "data" / "alphabet.txt"
@@ -216,7 +216,7 @@ def test_atomic_open_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "train.csv"
     target.write_text("old\n")
     with pytest.raises(RuntimeError):
-        with importer.atomic_open(target) as f:
+        with atomic_open(target) as f:
             f.write("half")
             raise RuntimeError("killed")
     assert target.read_text() == "old\n"

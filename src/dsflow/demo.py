@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import random
-import shutil
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsflow import UserError
+from dsflow.atomic import atomic_dir
 from dsflow.text import validate_label_eng
 
 LISTS, PER_LIST = 72, 10
@@ -165,10 +163,7 @@ def build(text: str | Path, out: str | Path, takes: int = DEFAULT_TAKES, seed: i
 
     clips = plan(read_sentences(text), takes, seed, limit_lists)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+    with atomic_dir(out) as tmp:
         (tmp / "clips").mkdir()
         log.info("synthesizing %d clips (%d takes of %d sentences) into %s with %d threads",
                  len(clips), takes, len(clips) // takes, out, threads)
@@ -187,16 +182,6 @@ def build(text: str | Path, out: str | Path, takes: int = DEFAULT_TAKES, seed: i
         _write_tsv(tmp / "validated.tsv", CV_COLUMNS, [cv_row(c) for c in clips])
         _write_tsv(tmp / "synthesis.tsv", SYNTHESIS_COLUMNS,
                    [[c.path, c.voice, c.variant, str(c.rate), str(c.pitch)] for c in clips])
-        if out.exists():  # a directory cannot be os.replace'd over a non-empty one: move the old one aside
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for split in SPLITS:
         n = sum(c.split == split for c in clips)
         log.info("%s: %d clips of %d sentences", split, n, n // takes)

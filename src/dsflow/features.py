@@ -17,8 +17,6 @@ import itertools
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +27,7 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 
 from dsflow import UserError, __version__
+from dsflow.atomic import atomic_dir
 from dsflow.log import Progress, log
 
 N_INPUT = 26  # DeepSpeech's util/config.py n_input
@@ -239,12 +238,7 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
         raise UserError(f"--shard-seconds must be positive, got {shard_seconds}")
     rows = read_csv(csv_path)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
-    try:
+    with atomic_dir(out_dir) as tmp:
         with threadpool_limits(1, user_api="blas"):  # parallel over clips; BLAS threads would only contend
             index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
         (tmp / "meta.json").write_text(json.dumps({
@@ -252,16 +246,6 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
             "count": len(index), "total_seconds": float(index["duration"].sum()),
             "csv": str(Path(csv_path).resolve()), "dsflow_version": __version__,
         }, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():  # os.replace cannot replace a non-empty folder: move the old one aside first
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 

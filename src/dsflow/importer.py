@@ -16,18 +16,17 @@ a clip whose MP3 decodes to no samples is ``conversion_failed`` rather than ``to
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import shutil
 import subprocess
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsflow import UserError
+from dsflow.atomic import atomic_open, atomic_path
 from dsflow import text
 from dsflow.log import Progress, log
 
@@ -41,26 +40,6 @@ CONVERTERS = ("sox", "ffmpeg")  # sox measured faster (bench/bench_import.py), s
 
 class ConversionError(Exception):
     pass
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """A temporary name next to `path` to write to; it becomes `path` only when the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs):
-    """open() a temporary file next to `path`; it becomes `path` only when the block succeeds."""
-    with atomic_path(path) as tmp, open(tmp, mode.replace("w", "x"), **kwargs) as f:
-        yield f
 
 
 def converter_command(tool: str, src: str | Path, dst: str | Path, rate: int) -> list[str]:

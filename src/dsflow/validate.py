@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsflow import UserError
+from dsflow import UserError, atomic
 from dsflow.alphabet import Alphabet
 from dsflow.config import file_list, window_samples
 from dsflow.log import Progress, log
@@ -172,25 +172,17 @@ def check_transcript(row: Row, alphabet: Alphabet, frames: int | None) -> None:
 
 
 def _convert(src: str, dst: str, sample_rate: int) -> None:
-    tmp = f"{dst}.part"
-    cmd = ["sox", "-V1", src, "-r", str(sample_rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "wav", tmp]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        Path(tmp).unlink(missing_ok=True)
-        raise RuntimeError(done.stderr.strip() or f"sox exited with {done.returncode}")
-    os.replace(tmp, dst)
+    with atomic.atomic_path(dst) as tmp:
+        cmd = ["sox", "-V1", src, "-r", str(sample_rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "wav",
+               str(tmp)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or f"sox exited with {done.returncode}")
 
 
 def _converted_name(row: Row) -> str:
     digest = hashlib.sha1(row.path.encode()).hexdigest()[:12]
     return f"{digest}_{Path(row.path).stem}.wav"
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.part"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def validate(
@@ -310,12 +302,10 @@ def validate(
             f"validation of {split} failed: {len(bad)} of {len(rows)} rows have errors (validation_policy: fail); "
             "each is listed above with its file, row and reason"
         )
-    for path in (out_csv, rejects, summary):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_write_text(rejects, pd.DataFrame(table, columns=["csv", "row", "wav_filename", "reason", "action",
+    atomic.write_text(rejects, pd.DataFrame(table, columns=["csv", "row", "wav_filename", "reason", "action",
                                                              "detail"]).to_csv(sep="\t", index=False))
-    _atomic_write_text(summary, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write_text(out_csv, validated.to_csv(index=False))
+    atomic.write_text(summary, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_text(out_csv, validated.to_csv(index=False))
     return result
 
 
