@@ -17,6 +17,7 @@ COMMANDS = [
     "dsflow.validate",
     "dsflow.features",
     "dsflow.importer",
+    "dsflow.train",
 ]
 
 
