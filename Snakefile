@@ -1,6 +1,6 @@
 # dsflow: DeepSpeech 0.9.3 training as a Snakemake workflow.
 #   snakemake --cores 8 --resources gpu=1
-# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> ...
+# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> train -> ...
 
 
 from snakemake.utils import min_version
@@ -20,9 +20,11 @@ include: "rules/demo.smk"
 include: "rules/import.smk"
 include: "rules/validate.smk"
 include: "rules/features.smk"
+include: "rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/features/{split}", split=SPLITS),
+        CHECKPOINT_DIR if "train" in SPLITS else [],

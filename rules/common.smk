@@ -20,6 +20,35 @@ SPLITS = (
     else [s for s in dscfg.SPLITS if dscfg.file_list(config[f"{s}_files"])]
 )
 LOGS = "results/logs"
+CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
+# DeepSpeech's training flags that `dsflow train` takes under the same names.
+TRAIN_FLAGS = [
+    "epochs",
+    "learning_rate",
+    "beta1",
+    "beta2",
+    "epsilon",
+    "dropout_rate",
+    "dropout_rate2",
+    "dropout_rate3",
+    "dropout_rate6",
+    "relu_clip",
+    "n_hidden",
+    "layer_norm",
+    "random_seed",
+    "train_batch_size",
+    "dev_batch_size",
+    "automatic_mixed_precision",
+    "checkpoint_secs",
+    "max_to_keep",
+    "load_train",
+    "early_stop",
+    "es_epochs",
+    "es_min_delta",
+    "reduce_lr_on_plateau",
+    "plateau_epochs",
+    "plateau_reduction",
+]
 
 
 def split_csvs(split):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from dsflow import UserError
@@ -12,10 +13,10 @@ from dsflow import log as dslog
 # Modules that define `add_parser(subparsers)`; each parser sets `func(args) -> int`.
 COMMANDS = [
     "dsflow.alphabet",
+    "dsflow.features",
     "dsflow.config",
     "dsflow.demo",
     "dsflow.validate",
-    "dsflow.features",
     "dsflow.importer",
     "dsflow.train",
 ]
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the logs
     args = build_parser().parse_args(argv)
     dslog.setup(args.log)
     try:

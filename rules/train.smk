@@ -1,0 +1,24 @@
+rule train:
+    """DeepSpeech's training loop; resumable state lives in results/work/train (not an output)."""
+    input:
+        train="results/features/train",
+        dev=expand("results/features/{split}", split=["dev"] if "dev" in SPLITS else []),
+        alphabet=config["alphabet_config_path"],
+        code=code("train", "model", "schedule", "dataset"),
+    output:
+        directory(CHECKPOINT_DIR),
+    log:
+        f"{LOGS}/train.log",
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        # Snakemake deletes a job's outputs before it runs: the resumable state must not be one.
+        # dsflow train keeps it in a subfolder named by the model's shape and the training data.
+        work="results/work/train",
+        dev=lambda w, input: ",".join(input.dev),
+        flags=" ".join(f"--{k} {str(config[k]).lower()}" for k in TRAIN_FLAGS),
+    shell:
+        "dsflow --log {log} train --train_features {input.train} --dev_features={params.dev}"
+        " --alphabet_config_path {input.alphabet:q} --checkpoint_dir {output:q} --work_dir {params.work}"
+        " {params.flags} --threads {threads}"
