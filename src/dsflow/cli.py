@@ -19,6 +19,7 @@ COMMANDS = [
     "dsflow.validate",
     "dsflow.importer",
     "dsflow.train",
+    "dsflow.evaluate",
 ]
 
 

@@ -1,0 +1,204 @@
+"""`dsflow evaluate`: DeepSpeech 0.9.3's test-set evaluation (evaluate.py, util/evaluate_tools.py).
+
+Per test set: the per-utterance CTC loss and transcript (greedy best-path decoding for now; the beam search
+with a scorer comes later), then DeepSpeech's metrics and report:
+  per sample  char_distance / word_distance = Levenshtein over characters / over split() words,
+              cer = char_distance / len(src), wer = word_distance / len(src.split()) (uncapped)
+  per set     WER = sum(word_distance) / sum(word_length), CER likewise, each capped at 1.0;
+              loss = mean of the per-sample losses
+  order       loss descending, then a stable sort by wer ascending
+  report      `Test on <set> - WER: %f, CER: %f, loss: %f`, then report_count samples each of
+              "Best WER:", "Median WER:" (centred on len/2) and "Worst WER:"
+The report goes to the log and, per set, into the Markdown --report; --test_output_file is DeepSpeech's JSON
+list of every sample of every set in that order; --metrics a JSON object {set: {wer, cer, loss, samples}}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from dsflow import UserError
+from dsflow.atomic import write_text
+from dsflow.log import Progress, log
+
+KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
+        "cer", "wer")
+DASHES = "-" * 80
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="test a checkpoint on test sets (DeepSpeech's evaluate: WER, CER, loss, "
+                                        "report of best/median/worst samples)", description=__doc__)
+    a = p.add_argument
+    a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
+    a("--test_features", required=True, help="comma-separated features folders of the test sets")
+    a("--test_batch_size", type=int, default=1)
+    a("--report_count", type=int, default=5, help="samples shown in each of the best/median/worst sections")
+    a("--load_evaluate", default="auto", choices=["auto", "best", "last"],
+      help="best: best_dev checkpoint, last: last training checkpoint, auto: best, else last")
+    a("--test_output_file", help="write every sample's results here (DeepSpeech's JSON list)")
+    a("--report", help="write the report here as Markdown")
+    a("--metrics", help="write per test set {wer, cer, loss, samples} here (JSON)")
+    a("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: TensorFlow's default)")
+    p.set_defaults(func=_main)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def sample_result(wav_filename: str, src: str, res: str, loss: float) -> dict:
+    """DeepSpeech's process_decode_result: one sample's distances and rates, keys in its order."""
+    from rapidfuzz.distance import Levenshtein
+
+    ref_words = src.split()
+    if not ref_words:  # DeepSpeech divides by zero here
+        raise UserError(f"{wav_filename}: the reference transcript {src!r} has no words; WER/CER are undefined")
+    char_distance, word_distance = Levenshtein.distance(src, res), Levenshtein.distance(ref_words, res.split())
+    return {"wav_filename": wav_filename, "src": src, "res": res, "loss": float(loss),
+            "char_distance": char_distance, "char_length": len(src),
+            "word_distance": word_distance, "word_length": len(ref_words),
+            "cer": char_distance / len(src), "wer": word_distance / len(ref_words)}
+
+
+def corpus_rates(samples: list[dict]) -> tuple[float, float]:
+    """DeepSpeech's wer_cer_batch: summed distances over summed reference lengths, each capped at 1.0."""
+    wer = sum(s["word_distance"] for s in samples) / sum(s["word_length"] for s in samples)
+    cer = sum(s["char_distance"] for s in samples) / sum(s["char_length"] for s in samples)
+    return min(wer, 1.0), min(cer, 1.0)
+
+
+def sort_samples(samples: list[dict]) -> list[dict]:
+    """DeepSpeech's order: loss descending, then a stable sort by WER ascending (best WER first; among equal
+    WERs the highest loss first, which points at transcription errors)."""
+    by_loss = sorted(samples, key=lambda s: s["loss"], reverse=True)
+    return sorted(by_loss, key=lambda s: s["wer"])
+
+
+def sections(samples: list[dict], report_count: int) -> dict[str, list[dict]]:
+    """The Best/Median/Worst samples of a sorted list, sliced as DeepSpeech's print_report does."""
+    median_index = len(samples) // 2
+    left = report_count // 2
+    right = report_count - left
+    return {
+        "Best WER:": samples[:report_count],
+        # DeepSpeech slices [median_index - left : median_index + right]; when the set is smaller than that
+        # window its negative start wraps to the END of the list (3 samples, report_count 5: only the last).
+        # Here the start is clipped at 0 instead, so the window shows the samples around the median.
+        "Median WER:": samples[max(median_index - left, 0):median_index + right],
+        # samples[-0:] would be the whole list; report_count 0 shows no samples instead.
+        "Worst WER:": samples[-report_count:] if report_count > 0 else [],
+    }
+
+
+def report(name: str, samples: list[dict], wer: float, cer: float, loss: float, report_count: int) -> str:
+    """DeepSpeech's print_report text for one test set (samples sorted), ending with a newline."""
+    lines = ["Test on %s - WER: %f, CER: %f, loss: %f" % (name, wer, cer, loss), DASHES]
+    for title, chosen in sections(samples, report_count).items():
+        lines += [title + " ", DASHES]  # print('Best WER:', '\n' + '-' * 80)
+        for s in chosen:
+            lines += ["WER: %f, CER: %f, loss: %f" % (s["wer"], s["cer"], s["loss"]),
+                      " - wav: file://%s" % s["wav_filename"],
+                      ' - src: "%s"' % s["src"],
+                      ' - res: "%s"' % s["res"],
+                      DASHES]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(checkpoint: str, results: list[dict]) -> str:
+    """The Markdown report: a summary table, then each set's DeepSpeech report in a code block."""
+    out = ["# Test results", "", f"Checkpoint: `{checkpoint}`", "",
+           "| Test set | WER | CER | Loss | Samples |", "|---|---:|---:|---:|---:|"]
+    out += [f"| `{r['name']}` | {r['wer']:f} | {r['cer']:f} | {r['loss']:f} | {len(r['samples'])} |"
+            for r in results]
+    for r in results:
+        # No report line starts with a backtick (each starts with "Test on", "WER:", " - " or dashes).
+        out += ["", f"## {r['name']}", "", "```text", r["report"].rstrip("\n"), "```"]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+def decode_set(net, features_dir: str, batch_size: int, step) -> list[dict]:
+    """Every utterance of a test set (index order) as an unsorted sample_result."""
+    import numpy as np
+
+    from dsflow import dataset
+    from dsflow.decode import greedy
+
+    index = dataset.info(features_dir)
+    data = dataset.load(features_dir, net.alphabet, batch_size, train=False)
+    samples = []
+    with Progress(f"Testing {features_dir}", math.ceil(len(index) / batch_size), "batches") as progress:
+        for batch in data:
+            logits, losses = step(batch["features"], batch["feature_lengths"], batch["labels"],
+                                  batch["label_lengths"])
+            logits, losses, lengths = logits.numpy(), losses.numpy(), batch["feature_lengths"].numpy()
+            names = [n.decode("utf-8") for n in batch["wav_filename"].numpy()]
+            bad = [n for n, v in zip(names, losses) if not np.isfinite(v)]
+            if bad:
+                log.error("The following files caused an infinite (or NaN) loss: %s", ",".join(bad))
+            for i, name in enumerate(names):
+                row = index.iloc[len(samples)]
+                if row["wav_filename"] != name:  # the batches follow the index; anything else is a bug
+                    raise RuntimeError(f"{features_dir}: batch item {name} is not index row {row['wav_filename']}")
+                samples.append(sample_result(name, row["transcript"], greedy(logits[:, i], lengths[i], net.alphabet),
+                                             losses[i]))
+            progress.update()
+    return samples
+
+
+def evaluate(args) -> list[dict]:
+    import numpy as np
+    import tensorflow as tf
+
+    from dsflow import model
+
+    dirs = [d.strip() for d in args.test_features.split(",") if d.strip()]
+    if not dirs:
+        raise UserError("--test_features: no test set given")
+    if args.test_batch_size < 1 or args.report_count < 0:
+        raise UserError("dsflow evaluate: --test_batch_size must be >= 1 and --report_count >= 0")
+    net = model.load(args.checkpoint_dir, args.load_evaluate)
+    spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def step(features, feature_lengths, labels, label_lengths):
+        logits = net(features, None, None, tf.float32)  # [T, B, C]; evaluation always in float32
+        return logits, model.ctc_loss(logits, feature_lengths, labels, label_lengths)
+
+    results = []
+    for d in dirs:
+        samples = decode_set(net, d, args.test_batch_size, step)
+        wer, cer = corpus_rates(samples)
+        loss = float(np.mean(np.array([s["loss"] for s in samples], np.float32)))
+        samples = sort_samples(samples)
+        text = report(d, samples, wer, cer, loss, args.report_count)
+        for line in text.rstrip("\n").split("\n"):
+            log.info("%s", line)
+        results.append({"name": d, "wer": wer, "cer": cer, "loss": loss, "samples": samples, "report": text})
+
+    if args.test_output_file:
+        rows = [{k: s[k] for k in KEYS} for r in results for s in r["samples"]]
+        write_text(args.test_output_file, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        log.info("wrote %d samples to %s", len(rows), args.test_output_file)
+    if args.report:
+        write_text(args.report, markdown(net.checkpoint, results))
+    if args.metrics:
+        summary = {r["name"]: {"wer": r["wer"], "cer": r["cer"], "loss": r["loss"], "samples": len(r["samples"])}
+                   for r in results}
+        write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
+    return results
+
+
+def _main(args) -> int:
+    import tensorflow as tf
+
+    if args.threads > 0:  # before any op runs
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        except RuntimeError:  # a process that already ran TensorFlow ops (tests)
+            log.warning("--threads %d ignored: TensorFlow is already initialized in this process", args.threads)
+    evaluate(args)
+    return 0
