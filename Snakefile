@@ -1,6 +1,6 @@
 # dsflow: DeepSpeech 0.9.3 training as a Snakemake workflow.
 #   snakemake --cores 8 --resources gpu=1
-# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> train -> ...
+# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> train -> evaluate -> ...
 
 
 from snakemake.utils import min_version
@@ -21,6 +21,7 @@ include: "rules/import.smk"
 include: "rules/validate.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
@@ -28,3 +29,4 @@ rule all:
     input:
         expand("results/features/{split}", split=SPLITS),
         CHECKPOINT_DIR if "train" in SPLITS else [],
+        "results/evaluate/report.md" if {"train", "test"} <= set(SPLITS) else [],

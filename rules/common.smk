@@ -3,8 +3,8 @@ import dsflow.config as dscfg
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# `--config scorer_path=` gives None: read it as DeepSpeech's empty string.
-dscfg.empty_strings(config)
+# `--config scorer_path=` / `--config early_stop=false`: read them as the schema types them.
+dscfg.coerce_cli_values(config)
 validate(config, "../config/config.schema.yaml")
 _errors = dscfg.check(config)
 if _errors:

@@ -24,12 +24,20 @@ def defaults(schema: dict | None = None) -> dict:
     return {k: v.get("default") for k, v in schema["properties"].items()}
 
 
-def empty_strings(config: dict, schema: dict | None = None) -> None:
-    """Turn None (what `--config key=` gives) into "" for the string-typed keys."""
+def coerce_cli_values(config: dict, schema: dict | None = None) -> None:
+    """Read `--config` values as the schema types them.
+
+    `--config key=` gives None: DeepSpeech's empty string for string keys. `--config early_stop=false`
+    gives the string 'false': a boolean for boolean keys (true/false, yes/no, on/off, 1/0, any case).
+    """
     props = (schema or load_schema())["properties"]
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
     for key, value in config.items():
-        if value is None and props.get(key, {}).get("type") == "string":
+        kind = props.get(key, {}).get("type")
+        if value is None and kind == "string":
             config[key] = ""
+        elif kind == "boolean" and isinstance(value, (str, int)) and str(value).lower() in words:
+            config[key] = words[str(value).lower()]
 
 
 def file_list(value: str) -> list[str]:
@@ -77,8 +85,9 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
         Alphabet.from_file(base / config["alphabet_config_path"])
     except AlphabetError as e:
         errors.append(f"alphabet_config_path: {e}")
-    if config.get("scorer_path") and not (base / config["scorer_path"]).is_file():
-        errors.append(f"scorer_path: {config['scorer_path']!r} does not exist")
+    if config.get("scorer_path"):
+        errors.append(f"scorer_path: {config['scorer_path']!r}: beam-search decoding with a language model is not "
+                      "implemented yet (evaluation decodes greedily); leave scorer_path empty")
     return errors
 
 

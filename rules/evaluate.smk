@@ -1,0 +1,24 @@
+rule evaluate:
+    """DeepSpeech's test report on the test split with the best-dev checkpoint (greedy decoding)."""
+    input:
+        checkpoint=CHECKPOINT_DIR,
+        test="results/features/test",
+        code=code("evaluate", "model", "decode", "dataset"),
+    output:
+        report="results/evaluate/report.md",
+        samples="results/evaluate/test_output.json",
+        metrics="results/evaluate/metrics.json",
+    log:
+        f"{LOGS}/evaluate.log",
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        load=config["load_evaluate"],
+        batch=config["test_batch_size"],
+        report_count=config["report_count"],
+    shell:
+        "dsflow --log {log} evaluate --checkpoint_dir {input.checkpoint:q} --test_features {input.test}"
+        " --load_evaluate {params.load} --test_batch_size {params.batch} --report_count {params.report_count}"
+        " --test_output_file {output.samples} --report {output.report} --metrics {output.metrics}"
+        " --threads {threads}"

@@ -1,0 +1,86 @@
+"""Training through Snakemake: DeepSpeech's LDC93S1 smoke test, surviving a SIGKILL of the trainer."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.workflow import snakemake, workdir
+
+SENTENCE = "she had your dark suit in greasy wash water all year"
+SMOKE = ["common_voice_dir=", "train_files=data/ldc93s1/ldc93s1.csv", "dev_files=data/ldc93s1/ldc93s1.csv",
+         "test_files=data/ldc93s1/ldc93s1.csv", "n_hidden=100", "learning_rate=0.001", "dropout_rate=0.05",
+         "train_batch_size=1", "dev_batch_size=1", "test_batch_size=1", "early_stop=false",
+         "reduce_lr_on_plateau=false", "epochs=350"]
+
+
+def trainer_pids(wd: Path) -> list[int]:
+    """The `dsflow ... train` processes running in workflow folder `wd`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"train" in cmd and b"--work_dir" in cmd and os.readlink(proc / "cwd") == str(wd):
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def epochs_done(wd: Path) -> int:
+    log = wd / "results/logs/train.log"
+    found = re.findall(r"Finished training epoch (\d+)", log.read_text()) if log.exists() else []
+    return int(found[-1]) + 1 if found else 0
+
+
+def greedy_transcript(wd: Path) -> str:
+    from dsflow import dataset, model
+    from dsflow.decode import greedy
+
+    net = model.load(wd / "results/checkpoints", "best")
+    batch = next(iter(dataset.load(wd / "results/features/test", net.alphabet, 1, train=False)))
+    return greedy(net(batch["features"]).numpy()[:, 0], int(batch["feature_lengths"][0]), net.alphabet)
+
+
+@pytest.mark.slow
+def test_ldc93s1_smoke_test_survives_sigkill_and_resumes(tmp_path):
+    wd = workdir(tmp_path)
+    args = ["--cores", "2", "--config", *SMOKE]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=wd, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while epochs_done(wd) < 40 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    pids = trainer_pids(wd)
+    assert pids, "the trainer is not running"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    out = first.communicate(timeout=120)[0]
+    killed_at = epochs_done(wd)
+    assert first.returncode != 0 and "Error in rule train" in out
+    assert not (wd / "results/checkpoints").exists()  # nothing half-published
+
+    # The same command again: training continues from the last checkpoint, not from epoch 0.
+    second = snakemake(wd, *args).stdout
+    log = (wd / "results/logs/train.log").read_text()
+    resumed = re.search(r"resuming from \S+: epoch (\d+), step \d+, global step (\d+), Adam iterations (\d+)", log)
+    assert resumed, log[:3000]
+    assert killed_at - 1 <= int(resumed[1]) <= killed_at and int(resumed[1]) >= 40
+    assert int(resumed[2]) == int(resumed[3]) == int(resumed[1])  # global step and Adam state restored
+    assert "Training epoch 0..." not in log
+    metrics = pd.read_csv(wd / "results/checkpoints/metrics.csv")
+    assert metrics.epoch.tolist() == list(range(350))  # the per-epoch history survived the kill
+    assert "Nothing to be done" not in second
+
+    assert greedy_transcript(wd) == SENTENCE
+    # Nothing is stale now; a changed n_hidden retrains in a fresh state folder, never loading this one.
+    assert "Nothing to be done" in snakemake(wd, *args).stdout
+    dry = snakemake(wd, "-n", *args[:-1], *SMOKE[:-1], "epochs=1", "n_hidden=64").stdout
+    assert "rule train:" in dry and "rule features:" not in dry
