@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the logs
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        # `--cores 8` on a smaller machine would otherwise oversubscribe TensorFlow's and our pools.
+        args.threads = min(args.threads, len(os.sched_getaffinity(0)))
     dslog.setup(args.log)
     try:
         return args.func(args) or 0

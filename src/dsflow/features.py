@@ -162,7 +162,7 @@ def read_csv(csv_path: str | Path) -> pd.DataFrame:
         raise UserError(f"{csv_path}: row {i + 2}: wav_filesize {sizes.iloc[i]!r} is not a whole number")
     base = csv_path.resolve().parent
     out = pd.DataFrame({
-        "wav_filename": [str(base / name) for name in rows["wav_filename"]],  # base / absolute = absolute
+        "wav_filename": [os.path.normpath(base / name) for name in rows["wav_filename"]],  # absolute kept
         "wav_filesize": numeric.astype("int64"),
         "transcript": rows["transcript"],
         "row": np.arange(2, len(rows) + 2),  # line in the CSV, for messages
