@@ -26,16 +26,19 @@ def wf(tmp_path_factory):
 
 def test_default_dry_run_lists_the_demo_chain_in_order(wf):
     out = snakemake(wf, "-n").stdout
-    assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "all": 1}
-    first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features")]
+    assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "train": 1, "evaluate": 1,
+                         "all": 1}
+    first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features", "train",
+                                                "evaluate")]
     assert first == sorted(first)
 
 
 def test_csv_config_skips_the_import(wf):
-    assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {"validate": 3, "features": 3, "all": 1}
+    assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {"validate": 3, "features": 3, "train": 1,
+                                                                    "evaluate": 1, "all": 1}
     only_train = jobs(snakemake(wf, "-n", "--config", "common_voice_dir=",
                                 "train_files=data/ldc93s1/ldc93s1.csv").stdout)
-    assert only_train == {"validate": 1, "features": 1, "all": 1}
+    assert only_train == {"validate": 1, "features": 1, "train": 1, "all": 1}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +57,11 @@ def tiny_cv(tmp_path_factory):
     return root
 
 
-def test_common_voice_folder_to_features(tmp_path, tiny_cv):
+def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
     wd = workdir(tmp_path)
-    snakemake(wd, "--cores", "2", "--config", f"common_voice_dir={tiny_cv}")
+    config = ["--config", f"common_voice_dir={tiny_cv}", "n_hidden=16", "epochs=1", "train_batch_size=2",
+              "dev_batch_size=2", "test_batch_size=2", "report_count=2"]
+    snakemake(wd, "--cores", "2", *config)
     rejected = pd.read_csv(wd / "results/import/rejected.tsv", sep="\t")
     assert sorted(rejected.reason) == ["conversion_failed", "label_invalid"]
     for split in ("train", "dev", "test"):
@@ -64,9 +69,13 @@ def test_common_voice_folder_to_features(tmp_path, tiny_cv):
         assert summary["rows"] == summary["rows_kept"] == 10
         index = pd.read_csv(wd / f"results/features/{split}/index.csv")
         assert len(index) == 10 and (index.n_frames > 50).all()
+    assert pd.read_csv(wd / "results/checkpoints/metrics.csv").epoch.tolist() == [0]
+    evaluation = json.loads((wd / "results/evaluate/metrics.json").read_text())
+    assert evaluation["results/features/test"]["samples"] == 10
+    assert "Test on results/features/test - WER: " in (wd / "results/evaluate/report.md").read_text()
     # Nothing is stale: a second run does nothing.
-    assert "Nothing to be done" in snakemake(wd, "--cores", "2", "--config", f"common_voice_dir={tiny_cv}").stdout
+    assert "Nothing to be done" in snakemake(wd, "--cores", "2", *config).stdout
     # A forced re-import re-uses every converted WAV.
-    snakemake(wd, "--cores", "2", "-R", "import_cv", "--config", f"common_voice_dir={tiny_cv}")
+    snakemake(wd, "--cores", "2", "-R", "import_cv", "--until", "import_cv", *config)
     log = (wd / "results/logs/import_cv.log").read_text()
     assert re.search(r"reus\w+ 30\b|30 \w* ?reused", log), log[-1500:]
