@@ -56,7 +56,7 @@ ACTIONS = {ERROR: "dropped", CONVERT: "converted", FIXED: "fixed", WARNING: "kep
 REQUIRED_COLUMNS = ("wav_filename", "transcript")
 
 
-@dataclass
+@dataclass(eq=False)  # rows are compared by identity: two rows may hold the same values
 class Row:
     csv: str
     row: int  # 1-based data row of the CSV (the header is row 0)
@@ -248,7 +248,8 @@ def validate(
         return ERROR if k == CONVERT and not normalize_sample_rate else k
 
     bad = [r for r in rows if any(kind(reason) == ERROR for reason, _ in r.problems)]
-    to_convert = [r for r in rows if r not in bad and any(kind(reason) == CONVERT for reason, _ in r.problems)]
+    bad_ids = {id(r) for r in bad}
+    to_convert = [r for r in rows if id(r) not in bad_ids and any(kind(reason) == CONVERT for reason, _ in r.problems)]
     os.makedirs(audio_dir, exist_ok=True)
     if to_convert:
         def convert(row: Row) -> None:
@@ -264,8 +265,8 @@ def validate(
             for _ in pool.map(convert, to_convert):
                 progress.update()
         bad += [r for r in to_convert if r.problems[-1][0] == "not_wav"]
+        bad_ids = {id(r) for r in bad}
 
-    bad_ids = {id(r) for r in bad}
     dropped = "failed" if policy == "fail" else "dropped"
     table = [
         {"csv": r.csv, "row": r.row, "wav_filename": r.wav_filename, "reason": reason,
