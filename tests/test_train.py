@@ -150,13 +150,13 @@ def test_epochs_is_the_total_and_a_finished_run_republishes(tmp_path, ldc_featur
     assert {r["learning_rate"] for r in rows} == {"0.001"}
     assert metrics(state_dir(work) / "metrics.csv") == rows
 
-    def scalars(kind):  # TensorBoard event files: tag -> values
+    def scalars(kind):  # TensorBoard event files (one per run, in no particular order): tag -> values by step
         found = {}
         for f in (state_dir(work) / "summaries" / kind).glob("events.out.tfevents.*"):
             for event in tf.compat.v1.train.summary_iterator(str(f)):
                 for v in event.summary.value:
-                    found.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
-        return found
+                    found.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+        return {tag: [value for _, value in sorted(values)] for tag, values in found.items()}
 
     train, dev = scalars("train"), scalars("dev")
     assert len(train["step_loss"]) == 3 and len(train["loss"]) == 3 and len(dev["loss"]) == 3
