@@ -202,7 +202,7 @@ def test_killed_mid_epoch_resumes_with_all_state(tmp_path, ldc_features):
     assert not out.exists()
     latest = tf.train.latest_checkpoint(str(state_dir(work) / "ckpt"))
     epoch, step = variable(latest, "state/epoch"), variable(latest, "state/step")
-    assert epoch == 2 and 0 < step < 10
+    assert epoch == 2 and 0 < step <= 10  # a timed save may still land after the last batch (step 10)
     saved = {k: variable(latest, v) for k, v in [("iterations", "optimizer/_iterations"),
                                                   ("lr", "optimizer/_learning_rate"),
                                                   ("best", "state/best_dev_loss"),
