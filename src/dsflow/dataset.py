@@ -96,8 +96,6 @@ def _parse(alphabet: Alphabet):
 
 
 def _padded_batch(ds, batch_size: int, drop_remainder: bool):
-    import tensorflow as tf
-
     return ds.padded_batch(
         batch_size,
         padded_shapes={"features": [None, N_INPUT], "feature_lengths": [], "labels": [None],

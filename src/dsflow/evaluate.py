@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from dsflow import UserError
 from dsflow.atomic import write_text
