@@ -1,7 +1,9 @@
 # dsflow: DeepSpeech 0.9.3 training as a Snakemake workflow.
 #   snakemake --cores 8 --resources gpu=1
-# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> train -> evaluate -> ...
+# Stages: [demo corpus] -> [Common Voice import] -> validate CSVs -> features -> train -> evaluate -> export
 
+
+import os
 
 from snakemake.utils import min_version
 
@@ -22,6 +24,7 @@ include: "rules/validate.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
 
 
 rule all:
@@ -30,3 +33,16 @@ rule all:
         expand("results/features/{split}", split=SPLITS),
         CHECKPOINT_DIR if "train" in SPLITS else [],
         "results/evaluate/report.md" if {"train", "test"} <= set(SPLITS) else [],
+        EXPORT_DIR if EXPORT_DIR and "train" in SPLITS else [],
+
+
+onsuccess:
+    # Where the results are, at the end of the main command.
+    for what, path in (
+        ("Test report", "results/evaluate/report.md"),
+        ("Exported model", EXPORT_DIR),
+    ):
+        if path and os.path.exists(path):
+            print(f"{what}: {os.path.abspath(path)}")
+    if EXPORT_DIR and os.path.exists(EXPORT_DIR):
+        print(f"Transcribe audio with: dsflow transcribe {EXPORT_DIR} FILE.wav ...")

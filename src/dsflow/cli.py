@@ -20,6 +20,8 @@ COMMANDS = [
     "dsflow.importer",
     "dsflow.train",
     "dsflow.evaluate",
+    "dsflow.export",
+    "dsflow.transcribe",
 ]
 
 

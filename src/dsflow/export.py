@@ -1,0 +1,256 @@
+"""`dsflow export`: DeepSpeech 0.9.3's model export (train.py `create_inference_graph` with n_steps > 0, `export`).
+
+The exported model is DeepSpeech's streaming graph, as three signatures of one TF SavedModel and of one TFLite
+flatbuffer (the TFLite model is converted from the SavedModel):
+
+  mfcc      input_samples f32 [window] (512 samples at 16 kHz: one 32 ms window)
+            -> mfccs f32 [1, 26]  (DeepSpeech's AudioSpectrogram + Mfcc ops; TFLite runs them as its
+            built-in custom ops AudioSpectrogram and Mfcc)
+  acoustic  input_node f32 [1, n_steps, 19, 26] (context windows), previous_state_c/h f32 [1, n_hidden]
+            -> logits f32 [n_steps, 1, C] (softmax probabilities, blank last), new_state_c/h [1, n_hidden]
+  metadata  -> metadata_version (6), metadata_sample_rate, metadata_feature_win_len, metadata_feature_win_step,
+            metadata_beam_width (int32), metadata_alphabet (DeepSpeech's serialized alphabet, bytes),
+            metadata_language (bytes)
+
+The acoustic signature is the checkpoint's network (dsflow.model) with the LSTM unrolled over n_steps frames and
+its state carried in and out. TFLite gets DeepSpeech's dynamic-range quantization (Optimize.DEFAULT: int8
+weights, float activations) unless --export_quantize false.
+
+Output folder (built in a temporary sibling and renamed when complete, so an interrupted export never leaves a
+folder that looks finished): saved_model/, <export_file_name>.tflite (with --export_tflite), metadata.json (the
+metadata above, readable), alphabet.txt and DeepSpeech's model card <author>_<model_name>_<version>.md.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from dsflow import UserError, __version__
+from dsflow.alphabet import Alphabet
+from dsflow.atomic import atomic_dir
+from dsflow.log import log
+
+GRAPH_VERSION = 6  # DeepSpeech 0.9.3's util/config.py: the native client refuses other versions
+SAVED_MODEL = "saved_model"
+METADATA = "metadata.json"
+SIGNATURES = ("acoustic", "mfcc", "metadata")
+
+
+def _bool(text) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as DeepSpeech's streaming model: TF SavedModel, "
+                                      "TFLite, metadata and model card", description=__doc__)
+    a = p.add_argument
+    a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
+    a("--export_dir", required=True, help="output folder (replaced atomically)")
+    a("--load_evaluate", default="auto", choices=["auto", "best", "last"],
+      help="best: best_dev checkpoint, last: last training checkpoint, auto: best, else last")
+    a("--export_tflite", type=_bool, default=False, help="also write <export_file_name>.tflite (true/false)")
+    a("--export_quantize", type=_bool, default=True,
+      help="TFLite with dynamic-range quantization (int8 weights; DeepSpeech 0.9.3 always did this); "
+           "false writes float32 weights (true/false)")
+    a("--n_steps", type=int, default=16, help="time steps per call of the acoustic model")
+    a("--export_file_name", default="output_graph")
+    a("--export_beam_width", type=int, default=500, help="beam width written to the metadata")
+    for flag, default in (("export_author_id", "author"), ("export_model_name", "model"),
+                          ("export_model_version", "0.0.1")):
+        a(f"--{flag}", default=default)
+    for flag in ("export_contact_info", "export_license", "export_language", "export_min_ds_version",
+                 "export_max_ds_version", "export_description"):
+        a(f"--{flag}", default="<help text>")
+    p.set_defaults(func=_main)
+
+
+def options(**overrides):
+    """The export flags (an argparse.Namespace) with their defaults, updated with `overrides`."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["export", "--checkpoint_dir", "", "--export_dir", ""])
+    unknown = set(overrides) - set(vars(args))
+    if unknown:
+        raise TypeError(f"unknown export flags: {sorted(unknown)}")
+    vars(args).update(overrides)
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- the graph
+
+def deserialize_alphabet(data: bytes) -> Alphabet:
+    """The inverse of Alphabet.serialize (DeepSpeech's Alphabet::Deserialize)."""
+    (count,), pos, labels = struct.unpack_from("<H", data), 2, {}
+    for _ in range(count):
+        key, size = struct.unpack_from("<HH", data, pos)
+        labels[key] = data[pos + 4:pos + 4 + size].decode("utf-8")
+        pos += 4 + size
+    return Alphabet([labels[i] for i in range(count)], source="<model metadata>")
+
+
+def streaming_module(net, n_steps: int, metadata: dict):
+    """A tf.Module with the `acoustic`, `mfcc` and `metadata` tf.functions of the module docstring.
+
+    net: a dsflow.model.DeepSpeech; metadata: sample_rate, feature_win_len, feature_win_step (ms), beam_width,
+    alphabet (Alphabet), language.
+    """
+    import tensorflow as tf
+
+    from dsflow.features import N_INPUT, window_samples
+    from dsflow.model import WINDOW
+
+    if n_steps < 1:
+        raise UserError(f"n_steps={n_steps}: the streaming model needs at least one time step per call")
+    rate, win_len, win_step = metadata["sample_rate"], metadata["feature_win_len"], metadata["feature_win_step"]
+    for name, ms in (("feature_win_len", win_len), ("feature_win_step", win_step)):
+        if ms != int(ms):  # DeepSpeech's flags and metadata nodes are whole milliseconds
+            raise UserError(f"{name}={ms} ms: the exported metadata holds whole milliseconds")
+    window, stride = window_samples(rate, win_len, win_step)
+    n_hidden, n_classes = net.n_hidden, net.n_classes
+    constants = {
+        "metadata_version": GRAPH_VERSION, "metadata_sample_rate": int(rate),
+        "metadata_feature_win_len": int(win_len), "metadata_feature_win_step": int(win_step),
+        "metadata_beam_width": int(metadata["beam_width"]),
+    }
+    alphabet = metadata["alphabet"].serialize()
+    language = metadata["language"].encode("utf-8")
+
+    class Streaming(tf.Module):
+        def __init__(self):
+            super().__init__(name="deepspeech_streaming")
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([1, n_steps, WINDOW, N_INPUT], tf.float32, name="input_node"),
+                                      tf.TensorSpec([1, n_hidden], tf.float32, name="previous_state_c"),
+                                      tf.TensorSpec([1, n_hidden], tf.float32, name="previous_state_h")])
+        def acoustic(self, input_node, previous_state_c, previous_state_h):
+            # dsflow.model.DeepSpeech.__call__ for n_steps frames of one stream (no dropout), with the LSTM's
+            # state in and out. The arithmetic is the model's: one GEMM for the LSTM's input projection of all
+            # frames plus bias, then per frame z = xw_t + h @ W_h, gates (i, c~, f, o), forget bias 0.
+            x = tf.reshape(input_node, [n_steps, WINDOW * N_INPUT])
+            for layer in (net.layer_1, net.layer_2, net.layer_3):
+                x = layer(x, net.relu_clip)
+            lstm = net.lstm
+            xw = tf.matmul(x, lstm.kernel[:lstm.n_in]) + lstm.bias
+            w_h = lstm.kernel[lstm.n_in:]
+            c, h, outputs = previous_state_c, previous_state_h, []
+            for t in range(n_steps):  # unrolled: n_steps is fixed, and TFLite then needs no While loop
+                i, j, f, o = tf.split(xw[t:t + 1] + tf.matmul(h, w_h), 4, axis=1)
+                c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
+                h = tf.sigmoid(o) * tf.tanh(c)
+                outputs.append(h)
+            x = net.layer_5(tf.concat(outputs, 0), net.relu_clip)
+            raw_logits = net.layer_6(x, net.relu_clip)
+            probs = tf.reshape(tf.nn.softmax(raw_logits), [n_steps, 1, n_classes])
+            return {"logits": probs, "new_state_c": c, "new_state_h": h}
+
+        @tf.function(input_signature=[tf.TensorSpec([window], tf.float32, name="input_samples")])
+        def mfcc(self, input_samples):
+            spectrogram = tf.raw_ops.AudioSpectrogram(input=tf.reshape(input_samples, [window, 1]),
+                                                      window_size=window, stride=stride, magnitude_squared=True)
+            mfccs = tf.raw_ops.Mfcc(spectrogram=spectrogram, sample_rate=rate, dct_coefficient_count=N_INPUT,
+                                    upper_frequency_limit=rate / 2)
+            return {"mfccs": tf.reshape(mfccs, [1, N_INPUT])}
+
+        @tf.function(input_signature=[])
+        def metadata(self):
+            out = {k: tf.constant(v, tf.int32) for k, v in constants.items()}
+            out["metadata_alphabet"] = tf.constant(alphabet)
+            out["metadata_language"] = tf.constant(language)
+            return out
+
+    return Streaming()
+
+
+# ---------------------------------------------------------------------------------------------- the files
+
+def model_card(args, runtime: str) -> str:
+    """DeepSpeech's <author>_<model_name>_<version>.md: YAML front matter, then the description."""
+    fields = [("author", args.export_author_id), ("model_name", args.export_model_name),
+              ("model_version", args.export_model_version), ("contact_info", args.export_contact_info),
+              ("license", args.export_license), ("language", args.export_language), ("runtime", runtime),
+              ("min_ds_version", args.export_min_ds_version), ("max_ds_version", args.export_max_ds_version),
+              ("acoustic_model_url", "<replace this with a publicly available URL of the acoustic model>"),
+              ("scorer_url", "<replace this with a publicly available URL of the scorer, if present>")]
+    return "---\n" + "".join(f"{k}: {v}\n" for k, v in fields) + f"---\n{args.export_description}\n"
+
+
+def card_name(args) -> str:
+    name = f"{args.export_author_id}_{args.export_model_name}_{args.export_model_version}.md"
+    if "/" in name:
+        raise UserError(f"model card name {name!r}: export_author_id, export_model_name and export_model_version "
+                        "must not contain '/'")
+    return name
+
+
+def write_export(net, export_dir, args, features_meta: dict) -> Path:
+    """Export `net` into `export_dir` (atomically); returns export_dir."""
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    metadata = {"sample_rate": int(features_meta["sample_rate"]), "feature_win_len": features_meta["win_len_ms"],
+                "feature_win_step": features_meta["win_step_ms"], "beam_width": args.export_beam_width,
+                "alphabet": net.alphabet, "language": args.export_language}
+    module = streaming_module(net, args.n_steps, metadata)
+    card = card_name(args)
+    tflite_name = f"{args.export_file_name}.tflite"
+    if args.export_tflite and ("/" in tflite_name or tflite_name.startswith(".")):
+        raise UserError(f"export_file_name={args.export_file_name!r}: must be a plain file name")
+    with atomic_dir(export_dir) as tmp:
+        signatures = {name: getattr(module, name) for name in SIGNATURES}
+        tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=signatures)
+        log.info("wrote the SavedModel (signatures %s)", ", ".join(SIGNATURES))
+        if args.export_tflite:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp / SAVED_MODEL),
+                                                                 signature_keys=list(SIGNATURES))
+            converter.allow_custom_ops = True  # AudioSpectrogram and Mfcc: TFLite's built-in custom ops
+            if args.export_quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            flatbuffer = converter.convert()
+            (tmp / tflite_name).write_bytes(flatbuffer)
+            log.info("wrote %s (%.1f MB, %s)", tflite_name, len(flatbuffer) / 1e6,
+                     "dynamic-range quantized" if args.export_quantize else "float32")
+        info = {
+            "version": GRAPH_VERSION, "sample_rate": metadata["sample_rate"],
+            "feature_win_len": metadata["feature_win_len"], "feature_win_step": metadata["feature_win_step"],
+            "beam_width": args.export_beam_width, "alphabet": net.alphabet.labels, "language": args.export_language,
+            "n_steps": args.n_steps, "n_hidden": net.n_hidden, "n_classes": net.n_classes,
+            "tflite": tflite_name if args.export_tflite else None, "tflite_quantized": bool(
+                args.export_tflite and args.export_quantize),
+            "saved_model": SAVED_MODEL, "model_card": card, "checkpoint": str(net.checkpoint),
+            "dsflow_version": __version__,
+        }
+        (tmp / METADATA).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "alphabet.txt").write_text(net.alphabet.to_file_text(), encoding="utf-8")
+        (tmp / card).write_text(model_card(args, "tflite" if args.export_tflite else "tensorflow"), encoding="utf-8")
+    log.info("Models exported at %s", export_dir)
+    log.info("Model metadata file saved to %s. Before submitting the exported model for publishing make sure all "
+             "information in the metadata file is correct, and complete the URL fields.", export_dir / card)
+    return export_dir
+
+
+def export(args) -> Path:
+    from dsflow import model
+
+    checkpoint_dir = Path(args.checkpoint_dir)
+    try:
+        features_meta = json.loads((checkpoint_dir / "features.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{checkpoint_dir}: no features.json (the feature settings the model was trained with); "
+                        "not a checkpoint folder written by `dsflow train`") from None
+    net = model.load(checkpoint_dir, args.load_evaluate)
+    return write_export(net, args.export_dir, args, features_meta)
+
+
+def _main(args) -> int:
+    export(args)
+    return 0

@@ -1,0 +1,233 @@
+"""`dsflow transcribe`: speech to text with a model written by `dsflow export`, streamed like DeepSpeech's client.
+
+The audio goes through the exported model the way DeepSpeech's native client (StreamingState) feeds it:
+  - audio of another rate, channel count or sample format is first converted with sox (as DeepSpeech's
+    client.py did for the 44.1 kHz stereo smoke-test file) to 16-bit mono at the model's sample rate;
+  - the audio is read in blocks; every 32 ms window (stride 20 ms) goes through the model's `mfcc` signature;
+  - the MFCC buffer starts with 9 zero frames, each 19 frames make one context window, and every n_steps
+    windows make one call of the `acoustic` signature, with the LSTM state carried from call to call;
+  - at the end of the audio 9 zero frames are pushed, and the last partial chunk is padded with zero windows
+    (only its real time steps are kept).
+So a long file never goes into one graph call, and memory does not grow with its length beyond the output
+probabilities. The probabilities are decoded greedily (`decode_probs`).
+
+Differences from DeepSpeech's native client: samples are scaled by 1/32767 like the training features (the
+client used 1/32768), and the client's last, partial audio window (samples left over after the last full
+window, topped up with stale samples) is not turned into an extra frame; so the features equal the training
+features exactly and the transcripts equal those of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dsflow import UserError
+from dsflow.log import log
+
+N_CONTEXT = 9
+BLOCK_SECONDS = 10  # audio read per block
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files with an exported model (TFLite by default)",
+                       description=__doc__)
+    a = p.add_argument
+    a("model", help="an export folder (written by `dsflow export`), a .tflite file or a SavedModel folder")
+    a("audio", nargs="+", help="audio files of any rate / channel count / format that sox reads")
+    a("--savedmodel", action="store_true", help="use the export's TF SavedModel instead of its TFLite model")
+    a("--threads", type=int, default=1, help="inference threads (default 1)")
+    # --scorer / --beam_width / --lm_alpha / --lm_beta come with the beam-search decoder (dsflow.decode).
+    p.set_defaults(func=_main)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+class ExportedModel:
+    """An exported model's three signatures (`run(name, **inputs) -> {output: ndarray}`) and its metadata."""
+
+    def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
+        import tensorflow as tf
+
+        from dsflow.export import METADATA, SAVED_MODEL, SIGNATURES, deserialize_alphabet
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: no such model file or folder")
+        self.kind = "savedmodel" if savedmodel or (path / "saved_model.pb").is_file() else "tflite"
+        if path.is_dir() and not (path / "saved_model.pb").is_file():  # an export folder
+            if savedmodel:
+                path = path / SAVED_MODEL
+            else:
+                try:
+                    name = json.loads((path / METADATA).read_text(encoding="utf-8"))["tflite"]
+                except FileNotFoundError:
+                    raise UserError(f"{path}: not an export folder (no {METADATA}); give a .tflite file, a "
+                                    "SavedModel folder or a folder written by `dsflow export`") from None
+                if not name:
+                    raise UserError(f"{path}: this export has no TFLite model (exported with export_tflite "
+                                    "false); use --savedmodel")
+                path = path / name
+        self.path = path
+        try:
+            if self.kind == "tflite":
+                with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (see the README)
+                    warnings.simplefilter("ignore")
+                    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+                self._runners = {name: interpreter.get_signature_runner(name) for name in SIGNATURES}
+            else:
+                loaded = tf.saved_model.load(str(path))
+                self._keep = loaded  # the signatures need the loaded object alive
+                self._runners = {name: loaded.signatures[name] for name in SIGNATURES}
+        except (ValueError, OSError, RuntimeError, KeyError) as e:
+            raise UserError(f"{path}: cannot load the exported {self.kind} model: {e}") from None
+        meta = {k: v.item() for k, v in self.run("metadata").items()}
+        self.version, self.sample_rate = meta["metadata_version"], meta["metadata_sample_rate"]
+        self.win_len, self.win_step = meta["metadata_feature_win_len"], meta["metadata_feature_win_step"]
+        self.beam_width = meta["metadata_beam_width"]
+        self.alphabet = deserialize_alphabet(meta["metadata_alphabet"])
+        self.language = meta["metadata_language"].decode("utf-8")
+        self.window = self.sample_rate * self.win_len // 1000
+        self.stride = self.sample_rate * self.win_step // 1000
+        shapes = self.input_shapes("acoustic")
+        self.n_steps, self.n_hidden = shapes["input_node"][1], shapes["previous_state_c"][1]
+        self.n_classes = len(self.alphabet) + 1
+
+    def run(self, name: str, **inputs) -> dict:
+        out = self._runners[name](**inputs)
+        return {k: np.asarray(v if self.kind == "tflite" else v.numpy()) for k, v in out.items()}
+
+    def input_shapes(self, name: str) -> dict:
+        runner = self._runners[name]
+        if self.kind == "tflite":
+            return {k: tuple(v["shape"]) for k, v in runner.get_input_details().items()}
+        return {k: tuple(v.shape) for k, v in runner.structured_input_signature[1].items()}
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+class Stream:
+    """DeepSpeech's StreamingState: feed int16 samples, then `finish()` -> probabilities [T, n_classes]."""
+
+    def __init__(self, model: ExportedModel):
+        self.model = model
+        self.audio = np.zeros(0, np.float32)
+        self.frames = [np.zeros(26, np.float32)] * N_CONTEXT  # the native client's 9 leading zero frames
+        self.windows: list[np.ndarray] = []
+        self.c = np.zeros([1, model.n_hidden], np.float32)
+        self.h = np.zeros([1, model.n_hidden], np.float32)
+        self.probs: list[np.ndarray] = []
+
+    def feed(self, samples: np.ndarray) -> None:
+        # /32767 in float32 like the training features (dsflow.features.mfcc, DeepSpeech's pcm_to_np)
+        audio = np.concatenate([self.audio, np.asarray(samples, np.int16).astype(np.float32) / np.float32(32767)])
+        start, window, stride = 0, self.model.window, self.model.stride
+        while start + window <= len(audio):
+            self._push_frame(self.model.run("mfcc", input_samples=audio[start:start + window])["mfccs"][0])
+            start += stride
+        self.audio = audio[start:]
+
+    def _push_frame(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+        if len(self.frames) == 2 * N_CONTEXT + 1:
+            self.windows.append(np.stack(self.frames))
+            self.frames.pop(0)
+            if len(self.windows) == self.model.n_steps:
+                self._run_chunk()
+
+    def _run_chunk(self) -> None:
+        n = len(self.windows)
+        batch = np.zeros([1, self.model.n_steps, 2 * N_CONTEXT + 1, 26], np.float32)  # zero windows pad the tail
+        batch[0, :n] = self.windows
+        out = self.model.run("acoustic", input_node=batch, previous_state_c=self.c, previous_state_h=self.h)
+        self.c, self.h = out["new_state_c"], out["new_state_h"]
+        self.probs.append(out["logits"][:n, 0])
+        self.windows = []
+
+    def finish(self) -> np.ndarray:
+        for _ in range(N_CONTEXT):  # the native client's 9 trailing zero frames
+            self._push_frame(np.zeros(26, np.float32))
+        if self.windows:
+            self._run_chunk()
+        return np.concatenate(self.probs) if self.probs else np.zeros([0, self.model.n_classes], np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- audio
+
+@contextlib.contextmanager
+def model_rate_wav(path: str | Path, rate: int):
+    """`path` itself when it is a 16-bit mono PCM WAV at `rate` Hz, else a temporary copy converted with sox."""
+    from dsflow.importer import ConversionError, convert, wav_frames
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such audio file")
+    if wav_frames(path, rate) is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="dsflow-transcribe-") as tmp:
+        wav = Path(tmp) / "audio.wav"
+        try:
+            convert(path, wav, rate)
+        except ConversionError as e:
+            raise UserError(f"{path}: cannot convert to 16-bit mono {rate} Hz audio: {e}") from None
+        except FileNotFoundError:
+            raise UserError(f"{path} needs converting to {rate} Hz mono, but sox is not installed "
+                            "(apt-get install sox)") from None
+        log.info("%s: converted to 16-bit mono %d Hz with sox", path, rate)
+        yield wav
+
+
+def probabilities(model: ExportedModel, audio_path: str | Path) -> tuple[np.ndarray, float]:
+    """(probabilities [T, n_classes], audio seconds) of one audio file, streamed through the model."""
+    import soundfile as sf
+
+    stream = Stream(model)
+    with model_rate_wav(audio_path, model.sample_rate) as wav:
+        seconds = sf.info(str(wav)).duration
+        for block in sf.blocks(str(wav), blocksize=BLOCK_SECONDS * model.sample_rate, dtype="int16"):
+            stream.feed(block)
+    return stream.finish(), seconds
+
+
+def decode_probs(probs: np.ndarray, alphabet) -> str:
+    """The decoder: greedy (best path) for now; the beam search with a scorer plugs in here."""
+    from dsflow.decode import greedy
+
+    return greedy(probs, len(probs), alphabet)
+
+
+def transcribe(model: ExportedModel, audio_path: str | Path) -> str:
+    start = time.perf_counter()
+    probs, seconds = probabilities(model, audio_path)
+    text = decode_probs(probs, model.alphabet)
+    took = time.perf_counter() - start
+    log.info("%s: %.2f s of audio in %.2f s (real-time factor %.3f)", audio_path, seconds, took,
+             took / seconds if seconds else 0.0)
+    return text
+
+
+def _main(args) -> int:
+    if args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    if args.savedmodel:
+        import tensorflow as tf
+
+        try:  # before any op runs
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        except RuntimeError:  # a process that already ran TensorFlow ops (tests)
+            pass
+    model = ExportedModel(args.model, args.savedmodel, args.threads)
+    log.info("%s: %s model, %d Hz, n_hidden %d, %d steps per call, language %r", model.path, model.kind,
+             model.sample_rate, model.n_hidden, model.n_steps, model.language)
+    for path in args.audio:
+        text = transcribe(model, path)
+        print(f"{path}\t{text}" if len(args.audio) > 1 else text, flush=True)
+    return 0
