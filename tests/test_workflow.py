@@ -27,18 +27,20 @@ def wf(tmp_path_factory):
 def test_default_dry_run_lists_the_demo_chain_in_order(wf):
     out = snakemake(wf, "-n").stdout
     assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "train": 1, "evaluate": 1,
-                         "all": 1}
+                         "export": 1, "all": 1}
     first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features", "train",
-                                                "evaluate")]
+                                                "evaluate", "export")]
     assert first == sorted(first)
 
 
 def test_csv_config_skips_the_import(wf):
     assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {"validate": 3, "features": 3, "train": 1,
-                                                                    "evaluate": 1, "all": 1}
+                                                                    "evaluate": 1, "export": 1, "all": 1}
     only_train = jobs(snakemake(wf, "-n", "--config", "common_voice_dir=",
                                 "train_files=data/ldc93s1/ldc93s1.csv").stdout)
-    assert only_train == {"validate": 1, "features": 1, "train": 1, "all": 1}
+    assert only_train == {"validate": 1, "features": 1, "train": 1, "export": 1, "all": 1}
+    # DeepSpeech: an empty export_dir means no export.
+    assert "export" not in jobs(snakemake(wf, "-n", "--config", *SMOKE, "export_dir=").stdout)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
     wd = workdir(tmp_path)
     config = ["--config", f"common_voice_dir={tiny_cv}", "n_hidden=16", "epochs=1", "train_batch_size=2",
               "dev_batch_size=2", "test_batch_size=2", "report_count=2"]
-    snakemake(wd, "--cores", "2", *config)
+    out = snakemake(wd, "--cores", "2", *config).stdout
     rejected = pd.read_csv(wd / "results/import/rejected.tsv", sep="\t")
     assert sorted(rejected.reason) == ["conversion_failed", "label_invalid"]
     for split in ("train", "dev", "test"):
@@ -73,6 +75,11 @@ def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
     evaluation = json.loads((wd / "results/evaluate/metrics.json").read_text())
     assert evaluation["results/features/test"]["samples"] == 10
     assert "Test on results/features/test - WER: " in (wd / "results/evaluate/report.md").read_text()
+    export = wd / "results/export"
+    assert sorted(p.name for p in export.iterdir() if p.name != ".snakemake_timestamp") == [
+        "alphabet.txt", "author_model_0.0.1.md", "metadata.json", "output_graph.tflite", "saved_model"]
+    assert json.loads((export / "metadata.json").read_text())["n_hidden"] == 16
+    assert f"Test report: {wd / 'results/evaluate/report.md'}" in out and f"Exported model: {export}" in out
     # Nothing is stale: a second run does nothing.
     assert "Nothing to be done" in snakemake(wd, "--cores", "2", *config).stdout
     # A forced re-import re-uses every converted WAV.
