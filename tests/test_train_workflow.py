@@ -1,5 +1,5 @@
 """Training through Snakemake: DeepSpeech's LDC93S1 smoke test, surviving a SIGKILL of the trainer, then its CI
-check of the exported model: the 16 kHz, 8 kHz and 44.1 kHz stereo files transcribed exactly."""
+check of the exported model: the 16 kHz and 44.1 kHz stereo files transcribed exactly."""
 
 import os
 import re
@@ -83,9 +83,10 @@ def test_ldc93s1_smoke_test_survives_sigkill_and_resumes(tmp_path):
     assert greedy_transcript(wd) == SENTENCE
     # The main command ended with the export and said where the report and the model are.
     assert f"Exported model: {wd / 'results/export'}" in second and "Test report: " in second
-    # DeepSpeech's CI (tc-asserts.sh): the exported model transcribes every version of LDC93S1 exactly.
-    wavs = [f"data/ldc93s1/{n}" for n in ("LDC93S1.wav", "LDC93S1_pcms16le_1_8000.wav",
-                                           "LDC93S1_pcms16le_2_44100.wav")]
+    # DeepSpeech's CI (tc-asserts.sh): the exported 16 kHz model transcribes LDC93S1 and its 44.1 kHz stereo copy
+    # (resampled and downmixed by sox) exactly. (DeepSpeech's 8 kHz check used a model trained at 8 kHz; this
+    # 16 kHz model hears the upsampled 8 kHz file without its 4-8 kHz band and misses words.)
+    wavs = [f"data/ldc93s1/{n}" for n in ("LDC93S1.wav", "LDC93S1_pcms16le_2_44100.wav")]
     for flags in ([], ["--savedmodel"]):  # DeepSpeech's quantized TFLite (the default), and the SavedModel
         out = subprocess.run([sys.executable, "-m", "dsflow", "transcribe", *flags, "results/export", *wavs],
                              cwd=wd, env=env, capture_output=True, text=True, check=True).stdout

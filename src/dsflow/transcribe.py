@@ -55,7 +55,7 @@ class ExportedModel:
     def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
         import tensorflow as tf
 
-        from dsflow.export import METADATA, SAVED_MODEL, SIGNATURES, deserialize_alphabet
+        from dsflow.export import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES, deserialize_alphabet
 
         path = Path(path)
         if not path.exists():
@@ -89,6 +89,8 @@ class ExportedModel:
             raise UserError(f"{path}: cannot load the exported {self.kind} model: {e}") from None
         meta = {k: v.item() for k, v in self.run("metadata").items()}
         self.version, self.sample_rate = meta["metadata_version"], meta["metadata_sample_rate"]
+        if self.version != GRAPH_VERSION:
+            raise UserError(f"{path}: model version {self.version}; this client reads version {GRAPH_VERSION}")
         self.win_len, self.win_step = meta["metadata_feature_win_len"], meta["metadata_feature_win_step"]
         self.beam_width = meta["metadata_beam_width"]
         self.alphabet = deserialize_alphabet(meta["metadata_alphabet"])
