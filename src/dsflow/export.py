@@ -127,7 +127,15 @@ def streaming_module(net, n_steps: int, metadata: dict):
     class Streaming(tf.Module):
         def __init__(self):
             super().__init__(name="deepspeech_streaming")
-            self.net = net
+            self.layer_1, self.layer_2, self.layer_3 = net.layer_1, net.layer_2, net.layer_3
+            self.layer_5, self.layer_6 = net.layer_5, net.layer_6
+            # The LSTM's input and recurrent weights as two matrices of their own, stored [out, in] as TFLite's
+            # FULLY_CONNECTED wants them: the converter neither slices nor transposes these large constants at
+            # conversion time, and its quantizer only sees weights that go straight into an op.
+            n_in = net.lstm.n_in
+            self.lstm_w_x = tf.Variable(tf.transpose(net.lstm.kernel[:n_in]), name="lstm_w_x")
+            self.lstm_w_h = tf.Variable(tf.transpose(net.lstm.kernel[n_in:]), name="lstm_w_h")
+            self.lstm_bias = net.lstm.bias
 
         @tf.function(input_signature=[tf.TensorSpec([1, n_steps, WINDOW, N_INPUT], tf.float32, name="input_node"),
                                       tf.TensorSpec([1, n_hidden], tf.float32, name="previous_state_c"),
@@ -137,19 +145,18 @@ def streaming_module(net, n_steps: int, metadata: dict):
             # state in and out. The arithmetic is the model's: one GEMM for the LSTM's input projection of all
             # frames plus bias, then per frame z = xw_t + h @ W_h, gates (i, c~, f, o), forget bias 0.
             x = tf.reshape(input_node, [n_steps, WINDOW * N_INPUT])
-            for layer in (net.layer_1, net.layer_2, net.layer_3):
+            for layer in (self.layer_1, self.layer_2, self.layer_3):
                 x = layer(x, net.relu_clip)
-            lstm = net.lstm
-            xw = tf.matmul(x, lstm.kernel[:lstm.n_in]) + lstm.bias
-            w_h = lstm.kernel[lstm.n_in:]
+            xw = tf.matmul(x, self.lstm_w_x, transpose_b=True) + self.lstm_bias
             c, h, outputs = previous_state_c, previous_state_h, []
             for t in range(n_steps):  # unrolled: n_steps is fixed, and TFLite then needs no While loop
-                i, j, f, o = tf.split(xw[t:t + 1] + tf.matmul(h, w_h), 4, axis=1)
+                z = xw[t:t + 1] + tf.matmul(h, self.lstm_w_h, transpose_b=True)
+                i, j, f, o = tf.split(z, 4, axis=1)
                 c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
                 h = tf.sigmoid(o) * tf.tanh(c)
                 outputs.append(h)
-            x = net.layer_5(tf.concat(outputs, 0), net.relu_clip)
-            raw_logits = net.layer_6(x, net.relu_clip)
+            x = self.layer_5(tf.concat(outputs, 0), net.relu_clip)
+            raw_logits = self.layer_6(x, net.relu_clip)
             probs = tf.reshape(tf.nn.softmax(raw_logits), [n_steps, 1, n_classes])
             return {"logits": probs, "new_state_c": c, "new_state_h": h}
 
