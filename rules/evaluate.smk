@@ -20,7 +20,14 @@ rule evaluate:
         report_count=config["report_count"],
         decoder=" ".join(
             f"--{k} {config[k]}"
-            for k in ("beam_width", "lm_alpha", "lm_beta", "cutoff_prob", "cutoff_top_n")
+            for k in (
+                "beam_width",
+                "lm_alpha",
+                "lm_beta",
+                "cutoff_prob",
+                "cutoff_top_n",
+                "beam_threshold",
+            )
         ),
     shell:
         "dsflow --log {log} evaluate --checkpoint_dir {input.checkpoint:q} --test_features {input.test}"

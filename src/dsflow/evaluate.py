@@ -20,6 +20,7 @@ import math
 
 from dsflow import UserError
 from dsflow.atomic import write_text
+from dsflow.decode import BEAM_THRESHOLD
 from dsflow.log import Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
@@ -48,6 +49,8 @@ def add_parser(sub) -> None:
     a("--lm_beta", type=float, default=1.1834137581510284, help="word insertion bonus")
     a("--cutoff_prob", type=float, default=1.0, help="cumulative probability cut-off per frame (1.0: off)")
     a("--cutoff_top_n", type=int, default=300, help="characters tried per frame")
+    a("--beam_threshold", type=float, default=BEAM_THRESHOLD,
+      help="drop hypotheses this far (natural log) behind the best (dsflow; DeepSpeech has no such cut)")
     p.set_defaults(func=_main)
 
 
@@ -178,7 +181,7 @@ def evaluate(args) -> list[dict]:
     from dsflow.decode import Decoder
 
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
-                      args.cutoff_top_n)
+                      args.cutoff_top_n, args.beam_threshold)
     spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
 
