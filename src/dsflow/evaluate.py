@@ -20,7 +20,7 @@ import math
 
 from dsflow import UserError
 from dsflow.atomic import write_text
-from dsflow.decode import BEAM_THRESHOLD
+from dsflow.decode import BEAM_THRESHOLD, Decoder
 from dsflow.log import Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
@@ -134,7 +134,6 @@ def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, thre
     import numpy as np
 
     from dsflow import dataset
-    from dsflow.decode import Decoder
 
     decoder = decoder or Decoder(net.alphabet)
 
@@ -178,8 +177,6 @@ def evaluate(args) -> list[dict]:
     if args.test_batch_size < 1 or args.report_count < 0:
         raise UserError("dsflow evaluate: --test_batch_size must be >= 1 and --report_count >= 0")
     net = model.load(args.checkpoint_dir, args.load_evaluate)
-    from dsflow.decode import Decoder
-
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)
     spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
@@ -192,7 +189,7 @@ def evaluate(args) -> list[dict]:
 
     results = []
     for d in dirs:
-        samples = decode_set(net, d, args.test_batch_size, step, decoder, max(1, getattr(args, "threads", 1)))
+        samples = decode_set(net, d, args.test_batch_size, step, decoder, max(1, args.threads))
         wer, cer = corpus_rates(samples)
         loss = float(np.mean(np.array([s["loss"] for s in samples], np.float32)))
         samples = sort_samples(samples)
