@@ -48,7 +48,7 @@ if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
   # The kenlm sdist on PyPI holds KenLM's full source (lm/builder included); pip only fetches it.
   echo "setup: building KenLM's lmplz and build_binary into .venv/bin"
   kenlm_tmp=$(mktemp -d)
-  .venv/bin/python -m pip download -q --no-deps --no-binary :all: kenlm==0.3.0 -d "$kenlm_tmp"
+  .venv/bin/python -m pip download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$kenlm_tmp"
   tar xzf "$kenlm_tmp"/kenlm-0.3.0.tar.gz -C "$kenlm_tmp"
   { cmake -S "$kenlm_tmp/kenlm-0.3.0" -B "$kenlm_tmp/build" -DCMAKE_BUILD_TYPE=Release &&
     make -C "$kenlm_tmp/build" -j"$(nproc)" lmplz build_binary; } >"$kenlm_tmp/build.log" 2>&1 ||
