@@ -20,8 +20,12 @@ COMMANDS = [
     "dsflow.importer",
     "dsflow.train",
     "dsflow.evaluate",
+<<<<<<< HEAD
     "dsflow.export",
     "dsflow.transcribe",
+=======
+    "dsflow.lm",
+>>>>>>> main
 ]
 
 
