@@ -20,12 +20,9 @@ COMMANDS = [
     "dsflow.importer",
     "dsflow.train",
     "dsflow.evaluate",
-<<<<<<< HEAD
+    "dsflow.lm",
     "dsflow.export",
     "dsflow.transcribe",
-=======
-    "dsflow.lm",
->>>>>>> main
 ]
 
 
