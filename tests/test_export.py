@@ -40,7 +40,8 @@ def trained(tmp_path_factory):
     importer.import_cv(tmp / "cv", tmp / "import", tmp / "wav", threads=2)
     for split in ("train", "test"):
         features.write_features(tmp / "import" / f"{split}.csv", tmp / "features" / split, threads=2)
-    assert main(["train", "--train_features", str(tmp / "features/train"), "--dev_features", str(tmp / "features/train"),
+    train = str(tmp / "features/train")
+    assert main(["train", "--train_features", train, "--dev_features", train,
                  "--alphabet_config_path", str(DATA / "alphabet.txt"), "--work_dir", str(tmp / "work"),
                  "--checkpoint_dir", str(tmp / "ckpt"), "--checkpoint_secs", "0", *TRAIN]) == 0
     common = ["export", "--checkpoint_dir", str(tmp / "ckpt"), "--export_tflite", "true",
