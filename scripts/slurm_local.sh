@@ -139,7 +139,7 @@ AccountingStoragePass=$dir/munge/munge.socket
 AccountingStorageEnforce=associations
 AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
-# Keep each job's --comment (the plugin puts the rule's name there) in the accounting, for `sacct -o Comment`.
+# Keep each job's --comment (the plugin puts the rule's name there) in the accounting, for sacct -o Comment.
 AccountingStoreFlags=job_comment
 MpiDefault=none
 ReturnToService=2

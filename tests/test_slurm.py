@@ -35,12 +35,12 @@ def slurm(tmp_path_factory):
         pytest.skip("starts SLURM's daemons: needs root")
     state = tmp_path_factory.mktemp("slurm")
     script = str(ROOT / "scripts/slurm_local.sh")
-    started = subprocess.run(["bash", script, "start", str(state)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert started.returncode == 0, started.stdout
     try:
+        started = subprocess.run(["bash", script, "start", str(state)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, timeout=900)
+        assert started.returncode == 0, started.stdout
         yield str(state / "etc/slurm.conf")
-    finally:
+    finally:  # also after a failed start: whatever did start stops, /etc/slurm/slurm.conf goes
         subprocess.run(["bash", script, "stop", str(state)], timeout=120)
 
 
