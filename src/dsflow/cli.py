@@ -20,6 +20,7 @@ COMMANDS = [
     "dsflow.importer",
     "dsflow.train",
     "dsflow.evaluate",
+    "dsflow.lm",
 ]
 
 
