@@ -122,7 +122,7 @@ def test_whole_chain_through_sbatch_with_a_wall_time_kill(tmp_path, tiny_cv, slu
     jobs = sacct(slurm, out)
     assert jobs.rule.notna().all(), jobs
     assert sorted(jobs.rule) == sorted(["import_cv"] + ["validate"] * 3 + ["features"] * 3 + ["train"] * 2
-                                       + ["evaluate"]), jobs
+                                       + ["lm", "evaluate"]), jobs
     train = jobs[jobs.rule == "train"]
     assert train.state.tolist() == ["TIMEOUT", "COMPLETED"], train
     assert train.timelimit.tolist() == ["00:01:00", "00:30:00"]
