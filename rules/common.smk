@@ -20,6 +20,9 @@ SPLITS = (
     else [s for s in dscfg.SPLITS if dscfg.file_list(config[f"{s}_files"])]
 )
 LOGS = "results/logs"
+EVALUATE = {"train", "test"} <= set(
+    SPLITS
+)  # a model to train and a test set to evaluate it on
 CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
 # DeepSpeech's training flags that `dsflow train` takes under the same names.
 TRAIN_FLAGS = [

@@ -20,6 +20,17 @@ rule evaluate:
         load=config["load_evaluate"],
         batch=config["test_batch_size"],
         report_count=config["report_count"],
+        # Decoder flags, so that changing one re-runs evaluation only (greedy decoding does not use them yet).
+        decoder=[
+            config[k]
+            for k in (
+                "beam_width",
+                "lm_alpha",
+                "lm_beta",
+                "cutoff_prob",
+                "cutoff_top_n",
+            )
+        ],
     shell:
         "dsflow --log {log} evaluate --checkpoint_dir {input.checkpoint:q} --test_features {input.test}"
         " --load_evaluate {params.load} --test_batch_size {params.batch} --report_count {params.report_count}"

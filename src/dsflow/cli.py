@@ -21,6 +21,8 @@ COMMANDS = [
     "dsflow.importer",
     "dsflow.train",
     "dsflow.evaluate",
+    "dsflow.plot",
+    "dsflow.pages",
 ]
 
 
