@@ -27,7 +27,7 @@ def wf(tmp_path_factory):
 def test_default_dry_run_lists_the_demo_chain_in_order(wf):
     out = snakemake(wf, "-n").stdout
     assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "train": 1, "evaluate": 1,
-                         "all": 1}
+                         "plot": 1, "evaluation_page": 1, "validation_page": 1, "all": 1}
     first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features", "train",
                                                 "evaluate")]
     assert first == sorted(first)
@@ -35,10 +35,11 @@ def test_default_dry_run_lists_the_demo_chain_in_order(wf):
 
 def test_csv_config_skips_the_import(wf):
     assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {"validate": 3, "features": 3, "train": 1,
-                                                                    "evaluate": 1, "all": 1}
+                                                                    "evaluate": 1, "plot": 1, "evaluation_page": 1,
+                                                                    "validation_page": 1, "all": 1}
     only_train = jobs(snakemake(wf, "-n", "--config", "common_voice_dir=",
                                 "train_files=data/ldc93s1/ldc93s1.csv").stdout)
-    assert only_train == {"validate": 1, "features": 1, "train": 1, "all": 1}
+    assert only_train == {"validate": 1, "features": 1, "train": 1, "plot": 1, "validation_page": 1, "all": 1}
 
 
 @pytest.fixture(scope="module")
