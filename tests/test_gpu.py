@@ -44,13 +44,13 @@ def env(tmp_path):
 
 def test_concurrent_gpu_jobs_get_distinct_devices_and_a_third_waits(env):
     a, b = holder(env), holder(env)
-    got = {a.stdout.readline().split()[0], b.stdout.readline().split()[0]}
-    assert got == {"'0'", "'1'"}
+    got = [a.stdout.readline().split()[0], b.stdout.readline().split()[0]]
+    assert sorted(got) == ["'0'", "'1'"]
     c = holder(env)  # both GPUs held: it waits ...
     time.sleep(1.5)
     assert c.poll() is None
     release(a)  # ... until one is released, then gets that device
-    assert c.stdout.readline().split()[0] == "'0'"
+    assert c.stdout.readline().split()[0] == got[0]
     release(b)
     assert "all 2 GPUs are held by other jobs" in release(c)
 
@@ -72,11 +72,13 @@ def test_one_gpu_is_left_alone_and_cpu_jobs_do_not_see_gpus(env):
     p = holder(dict(env, DSFLOW_GPU_COUNT="1"))
     assert p.stdout.readline().split()[0] == "None"  # a single GPU: nothing to choose
     release(p)
-    p = holder(env, "features")  # not a GPU job: hidden from the GPUs, no lock taken
+    p = holder(env, "features")  # TensorFlow on the CPU: hidden from the GPUs, no lock taken
     assert p.stdout.readline().split()[0] == "''"
     q = holder(env, "train")
     assert q.stdout.readline().split()[0] == "'0'"
-    for x in (p, q):
+    r = holder(env, "validate")  # no TensorFlow: left as it is
+    assert r.stdout.readline().split()[0] == "None"
+    for x in (p, q, r):
         release(x)
 
 
