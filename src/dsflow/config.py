@@ -10,7 +10,18 @@ import yaml
 from dsflow.alphabet import Alphabet, AlphabetError
 
 SPLITS = ("train", "dev", "test")
-ROOT = Path(__file__).resolve().parents[2]
+
+
+def _workflow_root() -> Path:
+    """The folder holding config/: the source tree of an editable install (scripts/setup.sh), else the
+    working directory (Snakemake runs jobs from the workflow's folder)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (root / "config" / "config.schema.yaml").is_file():
+            return root
+    return Path.cwd()
+
+
+ROOT = _workflow_root()
 SCHEMA = ROOT / "config" / "config.schema.yaml"
 DEMO_CV_DIR = "results/demo/cv-corpus-demo/en"
 

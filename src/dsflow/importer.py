@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dsflow import UserError
 from dsflow.atomic import atomic_open, atomic_path
-from dsflow import text
+from dsflow import text, wavinfo
 from dsflow.log import Progress, log
 
 SPLITS = ("train", "dev", "test")
@@ -55,14 +55,12 @@ def converter_command(tool: str, src: str | Path, dst: str | Path, rate: int) ->
 
 
 def wav_frames(path: str | Path, rate: int) -> int | None:
-    """Number of frames of a 16-bit mono PCM WAV at `rate` Hz; None if `path` is not one."""
-    import soundfile as sf
-
+    """Number of frames of a complete 16-bit mono PCM WAV at `rate` Hz; None if `path` is not one."""
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError):
+        info = wavinfo.probe(str(path))
+    except (wavinfo.NotWav, OSError):
         return None
-    if info.format == "WAV" and info.subtype == "PCM_16" and info.channels == 1 and info.samplerate == rate:
+    if info.subtype == wavinfo.PCM16 and info.channels == 1 and info.sample_rate == rate and not info.truncated:
         return info.frames
     return None
 

@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import unicodedata
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsflow import UserError, atomic
+from dsflow import UserError, atomic, importer
 from dsflow.alphabet import Alphabet
 from dsflow.config import file_list, window_samples
 from dsflow.log import Progress, log
@@ -171,15 +170,6 @@ def check_transcript(row: Row, alphabet: Alphabet, frames: int | None) -> None:
         row.add("transcript_too_long", f"{ctc_min_frames(text)} CTC steps needed, {frames} frames")
 
 
-def _convert(src: str, dst: str, sample_rate: int) -> None:
-    with atomic.atomic_path(dst) as tmp:
-        cmd = ["sox", "-V1", src, "-r", str(sample_rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "wav",
-               str(tmp)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip() or f"sox exited with {done.returncode}")
-
-
 def _converted_name(row: Row) -> str:
     digest = hashlib.sha1(row.path.encode()).hexdigest()[:12]
     return f"{digest}_{Path(row.path).stem}.wav"
@@ -255,9 +245,9 @@ def validate(
         def convert(row: Row) -> None:
             dst = os.path.join(audio_dir, _converted_name(row))
             try:
-                _convert(row.path, dst, sample_rate)
+                importer.convert(row.path, dst, sample_rate)
                 row.path = dst
-            except RuntimeError as e:
+            except importer.ConversionError as e:
                 row.add("not_wav", f"conversion failed: {e}")
 
         with Progress(f"validate {split}: converting", len(to_convert), "files") as progress, \
