@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from dsflow.cli import main as dsflow
+from tests.conftest import TINY
 from tests.workflow import snakemake
 
 METRICS = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [90.0, 50.0, 30.0], "dev_loss": [80.0, 45.0, 47.0],
@@ -73,13 +74,14 @@ def report_items(html: str) -> dict[str, str]:
 def test_snakemake_report_after_the_tiny_chain(tiny_chain, tmp_path):
     wd = tmp_path / "wf"
     shutil.copytree(tiny_chain, wd, symlinks=True)
-    snakemake(wd, "--report", "report.html", "--config", *__import__("tests.conftest").conftest.TINY)
+    snakemake(wd, "--report", "report.html", "--config", *TINY)
     html = (wd / "report.html").read_text()
     items = report_items(html)
     assert items["training.png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert "WER:" in items["evaluation.html"] and "Best WER:" in items["evaluation.html"]
     assert "she had your dark suit in greasy wash water all year" in items["evaluation.html"]
     assert "<tr><td>test</td><td>20001</td><td>1</td><td>20000</td>" in items["validation.html"]
+    assert re.search(r"n_hidden</tt> 16\b", html)  # the front page (report/workflow.rst) shows the run's config
     for category in ("Training", "Evaluation", "Validation"):
         assert f'"{category}"' in html
     # Per-rule runtimes (Snakemake's "Statistics"): one entry per rule that ran.
