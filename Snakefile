@@ -26,6 +26,7 @@ include: "rules/validate.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/lm.smk"
 include: "rules/report.smk"
 
 

@@ -24,6 +24,8 @@ EVALUATE = {"train", "test"} <= set(
     SPLITS
 )  # a model to train and a test set to evaluate it on
 CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
+# The decoder's language model: the user's scorer_path, or the one built from the training transcripts.
+SCORER = config["scorer_path"] or ("results/lm/lm.binary" if config["build_lm"] else "")
 # DeepSpeech's training flags that `dsflow train` takes under the same names.
 TRAIN_FLAGS = [
     "epochs",

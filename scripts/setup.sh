@@ -11,6 +11,13 @@ for pair in sox:sox soxi:sox ffmpeg:ffmpeg espeak-ng:espeak-ng lame:lame; do
 done
 dpkg -s libsox-fmt-mp3 >/dev/null 2>&1 || need+=(libsox-fmt-mp3)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+# KenLM's lmplz and build_binary (dsflow build-lm) are compiled below; these are their build dependencies.
+if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
+  for pkg in cmake make g++ libboost-program-options-dev libboost-system-dev libboost-thread-dev \
+             libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+fi
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "setup: installing system packages: ${need[*]}"
@@ -36,5 +43,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$tf,slurm,dev]"
   echo "$want" > "$stamp"
+fi
+if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
+  # The kenlm sdist on PyPI holds KenLM's full source (lm/builder included); pip only fetches it.
+  echo "setup: building KenLM's lmplz and build_binary into .venv/bin"
+  kenlm_tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps --no-binary kenlm kenlm==0.3.0 -d "$kenlm_tmp"
+  tar xzf "$kenlm_tmp"/kenlm-0.3.0.tar.gz -C "$kenlm_tmp"
+  { cmake -S "$kenlm_tmp/kenlm-0.3.0" -B "$kenlm_tmp/build" -DCMAKE_BUILD_TYPE=Release &&
+    make -C "$kenlm_tmp/build" -j"$(nproc)" lmplz build_binary; } >"$kenlm_tmp/build.log" 2>&1 ||
+    { tail -n 30 "$kenlm_tmp/build.log" >&2; echo "setup: building KenLM failed (log: $kenlm_tmp/build.log)" >&2; exit 1; }
+  cp "$kenlm_tmp"/build/bin/lmplz "$kenlm_tmp"/build/bin/build_binary .venv/bin/
+  rm -rf "$kenlm_tmp"
 fi
 echo "setup: ready ($(.venv/bin/python --version), $(.venv/bin/snakemake --version | sed 's/^/snakemake /'))"

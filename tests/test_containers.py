@@ -89,10 +89,13 @@ def test_recipes_install_only_through_setup_sh_so_pins_and_apt_packages_are_the_
     assert re.search(r'pip install -q -e "\.\[\$tf,', SETUP.read_text())
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["cpu"] == ["tensorflow-cpu==2.21.0"] and extras["gpu"] == ["tensorflow[and-cuda]==2.21.0"]
-    # The tools the image test checks are the ones setup.sh installs (sox, soxi, ffmpeg, lame, espeak-ng).
+    # The tools the image test checks are the ones setup.sh installs (sox, soxi, ffmpeg, lame, espeak-ng, and
+    # KenLM's lmplz and build_binary, which it builds into .venv/bin, on the image's PATH).
     commands, packages = setup_sh_packages()
+    kenlm = set(re.findall(r"\.venv/bin/(lmplz|build_binary)", SETUP.read_text()))
     tested = set(re.search(r"for tool in ([^;]+);", definition()[1]["test"])[1].split())
-    assert tested == commands and {"sox", "libsox-fmt-mp3", "ffmpeg", "espeak-ng", "lame"} <= packages
+    assert tested == commands | kenlm and kenlm == {"lmplz", "build_binary"}
+    assert {"sox", "libsox-fmt-mp3", "ffmpeg", "espeak-ng", "lame"} <= packages
 
 
 def test_the_copied_files_are_enough_to_build_the_package(tmp_path):

@@ -54,7 +54,7 @@ def test_a_training_hyperparameter_reruns_training_and_what_follows_only(wd):
 
 
 def test_a_decoder_flag_reruns_evaluation_only(wd):
-    for flag in ("beam_width=10", "lm_alpha=0.5", "lm_beta=2.0", "cutoff_top_n=10"):
+    for flag in ("beam_width=10", "lm_alpha=0.5", "lm_beta=2.0", "cutoff_prob=0.99", "cutoff_top_n=10"):
         assert set(stale(dry_run(wd, flag))) == {"evaluate", "plot", "evaluation_page"}, flag
 
 
@@ -70,8 +70,9 @@ def test_rows_added_to_test_csv_rerun_only_the_test_split_and_evaluation(wd):
 @pytest.mark.parametrize("module, expected", [
     ("features", {"features": 3, "train": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1}),
     ("evaluate", {"evaluate": 1, "plot": 1, "evaluation_page": 1}),
-    ("validate", {"validate": 3, "features": 3, "train": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1,
-                  "validation_page": 1}),
+    ("validate", {"validate": 3, "features": 3, "train": 1, "lm": 1, "evaluate": 1, "plot": 1,
+                  "evaluation_page": 1, "validation_page": 1}),
+    ("lm", {"lm": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1}),
     ("plot", {"plot": 1}),
 ])
 def test_editing_a_stages_package_code_reruns_that_stage(wd, module, expected):

@@ -21,6 +21,7 @@ COMMANDS = [
     "dsflow.importer",
     "dsflow.train",
     "dsflow.evaluate",
+    "dsflow.lm",
     "dsflow.plot",
     "dsflow.pages",
 ]

@@ -97,9 +97,26 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
     except AlphabetError as e:
         errors.append(f"alphabet_config_path: {e}")
     if config.get("scorer_path"):
-        errors.append(f"scorer_path: {config['scorer_path']!r}: beam-search decoding with a language model is not "
-                      "implemented yet (evaluation decodes greedily); leave scorer_path empty")
+        if config.get("build_lm"):
+            errors.append("scorer_path and build_lm are both set: use your scorer (build_lm: false) or build one "
+                          "from the training transcripts (scorer_path empty)")
+        errors += check_scorer(config, base)
     return errors
+
+
+def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
+    """DeepSpeech loaded the scorer before training; a bad one is an error before any job runs."""
+    from dsflow import UserError
+    from dsflow.decode import Decoder
+
+    try:
+        alphabet = Alphabet.from_file(base / config["alphabet_config_path"])
+        Decoder(alphabet, 1, base / config["scorer_path"], config["lm_alpha"], config["lm_beta"])
+    except AlphabetError:
+        return []  # reported above
+    except UserError as e:
+        return [str(e)]
+    return []
 
 
 def markdown(schema: dict | None = None) -> str:

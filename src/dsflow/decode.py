@@ -1,10 +1,54 @@
-"""Decoding the model's output. Greedy (best path) only for now; the beam search with a scorer comes later."""
+"""Decoding the acoustic model's output: greedy (best path) or DeepSpeech's CTC beam search with a KenLM scorer.
+
+DeepSpeech 0.9.3 decoded with ds_ctcdecoder's prefix beam search (`beam_width`, `cutoff_prob`, `cutoff_top_n`)
+and, when `scorer_path` was set, a word-level KenLM language model: each completed word w (closed by a space, or
+the last word at the end) adds `lm_alpha * ln P(w | previous words) + lm_beta`, and only words in the scorer's
+vocabulary trie can be spelled. ds_ctcdecoder has no wheels for current Python, so the beam search here is
+flashlight-text's LexiconDecoder (the C++ decoder behind torchaudio's ctc_decoder, KenLM built in), set up with
+DeepSpeech's meaning:
+  lm_alpha      -> lm_weight = lm_alpha * ln(10)   (KenLM scores are log10; DeepSpeech converts them to ln)
+  lm_beta       -> word_score (added once per word)
+  beam_width    -> beam_size
+  cutoff_prob,  -> per frame, only the most likely characters (blank included) until their probabilities sum
+  cutoff_top_n     to cutoff_prob, at most cutoff_top_n, take part (DeepSpeech's get_pruned_log_probs); done
+                   on the probabilities before the search, since flashlight would always try the blank
+  vocabulary    -> the lexicon trie: each word is spelled as its letters followed by the space label, out-of-
+                   vocabulary words are impossible (unk_score -inf), as with DeepSpeech's trie
+  prefix merging-> log_add (paths of the same prefix are summed, as in a prefix beam search)
+To close the last word like DeepSpeech's end-of-utterance scoring, one frame that can only be a space is appended.
+Differences that remain: the end of the sentence is also scored (`lm_alpha * ln P(</s> | last words)`), and
+hypotheses worse than the best by more than `beam_threshold` (natural-log units, default BEAM_THRESHOLD) are
+dropped early.
+
+A scorer here is a KenLM model file (ARPA, or binary from build_binary) plus its vocabulary: the ARPA's
+unigrams, or for a binary model the file `<scorer_path>.words` (one word per line) that `dsflow build-lm` writes.
+
+Without a scorer, decoding is greedy (DeepSpeech beam-searched without a language model too; see README).
+
+API for other modules:
+    d = Decoder(alphabet, beam_width=1024, scorer_path="lm.binary", lm_alpha=..., lm_beta=...)
+    d.decode(probs)                       # probs: [T, C] softmax probabilities of one utterance -> str
+    d.decode_batch([probs, ...], threads) # several utterances in parallel, same order
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
 import numpy as np
 
+from dsflow import UserError
 from dsflow.alphabet import Alphabet
+
+# Hypotheses this far (natural-log units) behind the best are dropped. DeepSpeech has no such cut; on the demo
+# 15 gives the WER of 100 (within 0.001) at a seventh of the time (bench/bench_decode.py).
+BEAM_THRESHOLD = 15.0
+_EXCLUDED = -1e30  # log-probability of a character removed by cutoff_prob (finite: keeps log-add free of NaN)
+_FLOOR = 1e-30  # probabilities are floored before log() so that an exact 0 does not give -inf
 
 
 def greedy(logits, length: int, alphabet: Alphabet) -> str:
@@ -18,3 +62,160 @@ def greedy(logits, length: int, alphabet: Alphabet) -> str:
         return ""
     keep = np.concatenate([[True], best[1:] != best[:-1]]) & (best != alphabet.blank_index)
     return alphabet.decode(best[keep].tolist())
+
+
+def words_path(scorer_path: str | Path) -> Path:
+    """The vocabulary file that goes with a binary KenLM model."""
+    return Path(f"{scorer_path}.words")
+
+
+def is_arpa(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    return head.startswith(b"\\data\\")
+
+
+def arpa_words(path: str | Path) -> list[str]:
+    """The unigrams of an ARPA file, without <s>, </s> and <unk>."""
+    words, in_unigrams = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                if in_unigrams:
+                    break
+                in_unigrams = line == "\\1-grams:"
+            elif in_unigrams and line:
+                word = line.split("\t")[1] if "\t" in line else line.split()[1]
+                words.append(word)
+    return [w for w in words if w not in ("<s>", "</s>", "<unk>")]
+
+
+def scorer_words(scorer_path: str | Path) -> list[str]:
+    """The words a scorer can output (see the module's doc)."""
+    if is_arpa(scorer_path):
+        return arpa_words(scorer_path)
+    vocab = words_path(scorer_path)
+    if not vocab.is_file():
+        raise UserError(f"scorer_path: {scorer_path} is a binary KenLM model, but its word list {vocab} does not "
+                        "exist (one word per line; `dsflow build-lm` writes it)")
+    return [w for w in vocab.read_text(encoding="utf-8").split() if w not in ("<s>", "</s>", "<unk>")]
+
+
+class Decoder:
+    """Decodes softmax probabilities [T, C] (C = alphabet + blank, blank last) into text.
+
+    With `scorer_path`, DeepSpeech's beam search with a KenLM scorer (see the module's doc); without, greedy.
+    Bad scorer files raise UserError naming the file and the reason."""
+
+    def __init__(self, alphabet: Alphabet, beam_width: int = 1024, scorer_path: str | Path | None = "",
+                 lm_alpha: float = 0.931289039105002, lm_beta: float = 1.1834137581510284,
+                 cutoff_prob: float = 1.0, cutoff_top_n: int = 300, beam_threshold: float = BEAM_THRESHOLD):
+        if beam_width < 1 or cutoff_top_n < 1 or not 0 < cutoff_prob <= 1 or beam_threshold <= 0:
+            raise UserError("decoder: beam_width and cutoff_top_n must be >= 1, 0 < cutoff_prob <= 1 and "
+                            "beam_threshold > 0")
+        self.alphabet = alphabet
+        self.args = dict(beam_width=beam_width, scorer_path=str(scorer_path or ""), lm_alpha=lm_alpha,
+                         lm_beta=lm_beta, cutoff_prob=cutoff_prob, cutoff_top_n=cutoff_top_n,
+                         beam_threshold=beam_threshold)
+        self.beam_width, self.cutoff_prob, self.cutoff_top_n = beam_width, cutoff_prob, cutoff_top_n
+        self.scorer_path = str(scorer_path or "")
+        self._decoder = None
+        if self.scorer_path:
+            self._load_scorer(lm_alpha, lm_beta, beam_threshold)
+
+    def _load_scorer(self, lm_alpha: float, lm_beta: float, beam_threshold: float) -> None:
+        from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
+                                                 Trie)
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        path = self.scorer_path
+        if not Path(path).is_file():
+            raise UserError(f"scorer_path: {path} does not exist")
+        if " " not in self.alphabet.labels:
+            raise UserError(f"scorer_path: the alphabet {self.alphabet.source} has no space label, which a "
+                            "word-level scorer needs to end words")
+        try:
+            words = scorer_words(path)
+        except UnicodeDecodeError as e:
+            raise UserError(f"scorer_path: {path}: not UTF-8 text ({e})") from None
+        bad = [w for w in words if not self.alphabet.can_encode(w)]
+        if bad:
+            raise UserError(f"scorer_path: {path}: {len(bad)} of its words use characters outside the alphabet "
+                            f"{self.alphabet.source}, e.g. {bad[:5]}")
+        if not words:
+            raise UserError(f"scorer_path: {path}: the language model has no words")
+        self.words = ["<unk>"] + words
+        word_dict = Dictionary(self.words)
+        try:
+            self._lm = KenLM(str(path), word_dict)
+        except RuntimeError as e:
+            raise UserError(f"scorer_path: {path} is not a KenLM model that loads ({e})") from None
+        space, blank = self.alphabet.labels.index(" "), self.alphabet.blank_index
+        trie = Trie(blank + 1, space)
+        start = self._lm.start(False)
+        for i, w in enumerate(words, start=1):
+            trie.insert(self.alphabet.encode(w) + [space], i, self._lm.score(start, i)[1])
+        trie.smear(SmearingMode.MAX)
+        options = LexiconDecoderOptions(
+            beam_size=self.beam_width, beam_size_token=self.cutoff_top_n, beam_threshold=beam_threshold,
+            lm_weight=lm_alpha * math.log(10), word_score=lm_beta, unk_score=float("-inf"), sil_score=0.0,
+            log_add=True, criterion_type=CriterionType.CTC)
+        self._trie = trie  # the decoder keeps a reference, but keep ours too
+        self._space = space
+        self._decoder = LexiconDecoder(options, trie, self._lm, space, blank, 0, [], False)
+
+    def emissions(self, probs) -> np.ndarray:
+        """Natural-log probabilities after DeepSpeech's cutoff_prob pruning, plus the closing space frame."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.ndim != 2 or probs.shape[1] != self.alphabet.blank_index + 1:
+            raise ValueError(f"probabilities of shape {probs.shape}: expected [T, {self.alphabet.blank_index + 1}]")
+        logp = np.log(np.maximum(probs, _FLOOR))
+        if self.cutoff_prob < 1.0 or self.cutoff_top_n < probs.shape[1]:
+            # DeepSpeech's get_pruned_log_probs: per frame the most likely characters (the blank is one of
+            # them) until their probabilities sum to cutoff_prob, at most cutoff_top_n
+            order = np.argsort(-probs, axis=1, kind="stable")
+            sorted_p = np.take_along_axis(probs, order, axis=1)
+            keep_sorted = np.cumsum(sorted_p, axis=1) - sorted_p < self.cutoff_prob
+            keep_sorted[:, self.cutoff_top_n:] = False
+            keep = np.empty_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, axis=1)
+            logp = np.where(keep, logp, _EXCLUDED)
+        end = np.full((1, probs.shape[1]), _EXCLUDED, np.float32)
+        end[0, self._space] = 0.0
+        return np.ascontiguousarray(np.concatenate([logp, end]), dtype=np.float32)
+
+    def decode(self, probs) -> str:
+        """One utterance: probabilities [T, C] (only its real frames) -> transcript."""
+        if self._decoder is None:
+            return greedy(probs, len(probs), self.alphabet)
+        e = self.emissions(probs)
+        results = self._decoder.decode(e.ctypes.data, e.shape[0], e.shape[1])
+        if not results:
+            return ""
+        return " ".join(self.words[i] for i in results[0].words if i >= 0)
+
+    def decode_batch(self, probs_list, threads: int = 1) -> list[str]:
+        """Several utterances, each [T_i, C], decoded in `threads` processes; results in input order."""
+        probs_list = list(probs_list)
+        threads = max(1, min(threads, len(probs_list), len(os.sched_getaffinity(0))))
+        if self._decoder is None or threads == 1:
+            return [self.decode(p) for p in probs_list]
+        # Processes, not threads: the C++ search holds the GIL. "spawn" because the caller may run TensorFlow.
+        with ProcessPoolExecutor(threads, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(self.alphabet.labels, self.alphabet.source, self.args)) as pool:
+            chunk = max(1, len(probs_list) // (threads * 4))
+            return list(pool.map(_decode_in_worker, probs_list, chunksize=chunk))
+
+
+_worker: Decoder | None = None
+
+
+def _init_worker(labels, source, args) -> None:
+    global _worker
+    _worker = Decoder(Alphabet(labels, source), **args)
+
+
+def _decode_in_worker(probs) -> str:
+    return _worker.decode(probs)

@@ -1,7 +1,7 @@
 """`dsflow evaluate`: DeepSpeech 0.9.3's test-set evaluation (evaluate.py, util/evaluate_tools.py).
 
-Per test set: the per-utterance CTC loss and transcript (greedy best-path decoding for now; the beam search
-with a scorer comes later), then DeepSpeech's metrics and report:
+Per test set: the per-utterance CTC loss and transcript (DeepSpeech's beam search with the KenLM scorer when
+--scorer_path is given, else greedy best-path decoding; see dsflow.decode), then DeepSpeech's metrics and report:
   per sample  char_distance / word_distance = Levenshtein over characters / over split() words,
               cer = char_distance / len(src), wer = word_distance / len(src.split()) (uncapped)
   per set     WER = sum(word_distance) / sum(word_length), CER likewise, each capped at 1.0;
@@ -20,6 +20,7 @@ import math
 
 from dsflow import UserError, gpu
 from dsflow.atomic import write_text
+from dsflow.decode import BEAM_THRESHOLD, Decoder
 from dsflow.log import Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
@@ -40,7 +41,16 @@ def add_parser(sub) -> None:
     a("--test_output_file", help="write every sample's results here (DeepSpeech's JSON list)")
     a("--report", help="write the report here as Markdown")
     a("--metrics", help="write per test set {wer, cer, loss, samples} here (JSON)")
-    a("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: TensorFlow's default)")
+    a("--threads", type=int, default=0, help="TensorFlow intra-op threads and decoder processes (0: TensorFlow's "
+                                               "default, one decoder process)")
+    a("--scorer_path", default="", help="KenLM scorer for the beam search (empty: greedy decoding)")
+    a("--beam_width", type=int, default=1024)
+    a("--lm_alpha", type=float, default=0.931289039105002, help="language model weight")
+    a("--lm_beta", type=float, default=1.1834137581510284, help="word insertion bonus")
+    a("--cutoff_prob", type=float, default=1.0, help="cumulative probability cut-off per frame (1.0: off)")
+    a("--cutoff_top_n", type=int, default=300, help="characters tried per frame")
+    a("--beam_threshold", type=float, default=BEAM_THRESHOLD,
+      help="drop hypotheses this far (natural log) behind the best (dsflow; DeepSpeech has no such cut)")
     p.set_defaults(func=_main)
 
 
@@ -118,16 +128,18 @@ def markdown(checkpoint: str, results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def decode_set(net, features_dir: str, batch_size: int, step) -> list[dict]:
-    """Every utterance of a test set (index order) as an unsorted sample_result."""
+def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
+    """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
+    dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
     import numpy as np
 
     from dsflow import dataset
-    from dsflow.decode import greedy
+
+    decoder = decoder or Decoder(net.alphabet)
 
     index = dataset.info(features_dir)
     data = dataset.load(features_dir, net.alphabet, batch_size, train=False)
-    samples = []
+    pending, probs = [], []  # (wav_filename, src, loss) and softmax probabilities [T, C] of each utterance
     with Progress(f"Testing {features_dir}", math.ceil(len(index) / batch_size), "batches") as progress:
         for batch in data:
             logits, losses = step(batch["features"], batch["feature_lengths"], batch["labels"],
@@ -137,14 +149,20 @@ def decode_set(net, features_dir: str, batch_size: int, step) -> list[dict]:
             bad = [n for n, v in zip(names, losses) if not np.isfinite(v)]
             if bad:
                 log.error("The following files caused an infinite (or NaN) loss: %s", ",".join(bad))
+            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            softmax = e / e.sum(axis=-1, keepdims=True)  # DeepSpeech decodes softmax(logits)
             for i, name in enumerate(names):
-                row = index.iloc[len(samples)]
+                row = index.iloc[len(pending)]
                 if row["wav_filename"] != name:  # the batches follow the index; anything else is a bug
                     raise RuntimeError(f"{features_dir}: batch item {name} is not index row {row['wav_filename']}")
-                samples.append(sample_result(name, row["transcript"], greedy(logits[:, i], lengths[i], net.alphabet),
-                                             losses[i]))
+                pending.append((name, row["transcript"], losses[i]))
+                probs.append(softmax[: lengths[i], i])
             progress.update()
-    return samples
+    if decoder.scorer_path:
+        log.info("beam search (beam_width %d, scorer %s) of %d utterances in %d processes", decoder.beam_width,
+                 decoder.scorer_path, len(probs), threads)
+    texts = decoder.decode_batch(probs, threads)
+    return [sample_result(name, src, res, loss) for (name, src, loss), res in zip(pending, texts)]
 
 
 def evaluate(args) -> list[dict]:
@@ -159,6 +177,8 @@ def evaluate(args) -> list[dict]:
     if args.test_batch_size < 1 or args.report_count < 0:
         raise UserError("dsflow evaluate: --test_batch_size must be >= 1 and --report_count >= 0")
     net = model.load(args.checkpoint_dir, args.load_evaluate)
+    decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
+                      args.cutoff_top_n, args.beam_threshold)
     spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
 
@@ -169,7 +189,7 @@ def evaluate(args) -> list[dict]:
 
     results = []
     for d in dirs:
-        samples = decode_set(net, d, args.test_batch_size, step)
+        samples = decode_set(net, d, args.test_batch_size, step, decoder, max(1, args.threads))
         wer, cer = corpus_rates(samples)
         loss = float(np.mean(np.array([s["loss"] for s in samples], np.float32)))
         samples = sort_samples(samples)

@@ -1,0 +1,16 @@
+rule lm:
+    """A KenLM scorer from the validated training transcripts (never dev/test text), when build_lm is set."""
+    input:
+        text="results/validate/train.csv",
+        alphabet=config["alphabet_config_path"],
+        code=code("lm", "alphabet"),
+    output:
+        lm="results/lm/lm.binary",
+        words="results/lm/lm.binary.words",
+    log:
+        f"{LOGS}/lm.log",
+    params:
+        order=config["lm_order"],
+    shell:
+        "dsflow --log {log} build-lm --text {input.text} --alphabet_config_path {input.alphabet:q}"
+        " --order {params.order} --output {output.lm}"
