@@ -79,7 +79,8 @@ def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
     assert "Nothing to be done" in snakemake(wd, "--cores", "2", *config).stdout
     # The demo's scorer was built from the training transcripts and used; a decoder flag re-runs evaluate alone.
     assert "beam search (beam_width 1024, scorer results/lm/lm.binary)" in (wd / "results/logs/evaluate.log").read_text()
-    assert jobs(snakemake(wd, "-n", *config, "lm_alpha=0.5").stdout) == {"evaluate": 1, "all": 1}
+    assert jobs(snakemake(wd, "-n", *config, "lm_alpha=0.5").stdout) == {"evaluate": 1, "plot": 1,
+                                                                         "evaluation_page": 1, "all": 1}
     # A forced re-import re-uses every converted WAV.
     snakemake(wd, "--cores", "2", "-R", "import_cv", "--until", "import_cv", *config)
     log = (wd / "results/logs/import_cv.log").read_text()
