@@ -15,6 +15,10 @@ configfile: "config/config.yaml"
 container: config["container_image"]
 
 
+# The front page of `snakemake --report report.html`; figures and pages come from rules/report.smk.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/import.smk"
@@ -23,6 +27,7 @@ include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/lm.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -30,4 +35,8 @@ rule all:
     input:
         expand("results/features/{split}", split=SPLITS),
         CHECKPOINT_DIR if "train" in SPLITS else [],
-        "results/evaluate/report.md" if {"train", "test"} <= set(SPLITS) else [],
+        "results/evaluate/report.md" if EVALUATE else [],
+        # For the report: the training curves, evaluation and validation pages.
+        "results/report/training.png" if "train" in SPLITS else [],
+        "results/report/evaluation.html" if EVALUATE else [],
+        "results/report/validation.html",

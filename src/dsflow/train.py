@@ -36,7 +36,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from dsflow import UserError, __version__
+from dsflow import UserError, __version__, gpu
 from dsflow.atomic import atomic_dir, atomic_open, write_text
 from dsflow.log import Progress, log
 
@@ -115,14 +115,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    import tensorflow as tf
-
-    if args.threads > 0:  # before any op runs
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(2)
-        except RuntimeError:  # called in a process that already ran TensorFlow ops (tests)
-            log.warning("--threads %d ignored: TensorFlow is already initialized in this process", args.threads)
+    gpu.init_tensorflow(args.threads)  # Snakemake's {threads} for TensorFlow's pools
     return train(args)
 
 
