@@ -62,8 +62,8 @@ def validation_page(summaries: list[str]) -> str:
         if chars:
             body.append("<table><tr><th>character not in the alphabet</th><th>rows</th></tr>" + "".join(
                 f"<tr><td>{esc(repr(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in chars.items()) + "</table>")
-    body.append(f"<p>Every dropped or flagged row is listed with its reason in "
-                f"<code>results/validate/&lt;split&gt;.rejected.tsv</code>.</p>")
+    body.append("<p>Every dropped or flagged row is listed with its reason in "
+                "<code>results/validate/&lt;split&gt;.rejected.tsv</code>.</p>")
     return page("Validation", "\n".join(body))
 
 
