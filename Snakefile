@@ -17,6 +17,10 @@ configfile: "config/config.yaml"
 container: config["container_image"]
 
 
+# The front page of `snakemake --report report.html`; figures and pages come from rules/report.smk.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/import.smk"
@@ -25,6 +29,7 @@ include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/lm.smk"
+include: "rules/report.smk"
 include: "rules/export.smk"
 
 
@@ -33,7 +38,11 @@ rule all:
     input:
         expand("results/features/{split}", split=SPLITS),
         CHECKPOINT_DIR if "train" in SPLITS else [],
-        "results/evaluate/report.md" if {"train", "test"} <= set(SPLITS) else [],
+        "results/evaluate/report.md" if EVALUATE else [],
+        # For the report: the training curves, evaluation and validation pages.
+        "results/report/training.png" if "train" in SPLITS else [],
+        "results/report/evaluation.html" if EVALUATE else [],
+        "results/report/validation.html",
         EXPORT_DIR if EXPORT_DIR and "train" in SPLITS else [],
 
 
@@ -41,6 +50,7 @@ onsuccess:
     # Where the results are, at the end of the main command.
     for what, path in (
         ("Test report", "results/evaluate/report.md"),
+        ("Report pages", "results/report"),
         ("Exported model", EXPORT_DIR),
     ):
         if path and os.path.exists(path):

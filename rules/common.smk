@@ -20,6 +20,9 @@ SPLITS = (
     else [s for s in dscfg.SPLITS if dscfg.file_list(config[f"{s}_files"])]
 )
 LOGS = "results/logs"
+EVALUATE = {"train", "test"} <= set(
+    SPLITS
+)  # a model to train and a test set to evaluate it on
 CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
 # The decoder's language model: the user's scorer_path, or the one built from the training transcripts.
 SCORER = config["scorer_path"] or ("results/lm/lm.binary" if config["build_lm"] else "")

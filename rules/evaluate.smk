@@ -11,9 +11,12 @@ rule evaluate:
         metrics="results/evaluate/metrics.json",
     log:
         f"{LOGS}/evaluate.log",
+    container:
+        config["container_image_gpu"]
     threads: 8
     resources:
         gpu=1,
+        gpu_model=config["gpu_model"],
     params:
         load=config["load_evaluate"],
         batch=config["test_batch_size"],

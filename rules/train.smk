@@ -9,9 +9,12 @@ rule train:
         directory(CHECKPOINT_DIR),
     log:
         f"{LOGS}/train.log",
+    container:
+        config["container_image_gpu"]
     threads: 8
     resources:
         gpu=1,
+        gpu_model=config["gpu_model"],
     params:
         # Snakemake deletes a job's outputs before it runs: the resumable state must not be one.
         # dsflow train keeps it in a subfolder named by the model's shape and the training data.

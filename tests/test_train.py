@@ -225,3 +225,29 @@ def test_killed_mid_epoch_resumes_with_all_state(tmp_path, ldc_features):
     resumed_net, ref_net = model.load(out, "last"), model.load(ref_out, "last")
     for a, b in zip(resumed_net.trainable_variables, ref_net.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_second_trainer_on_the_same_state_is_refused_and_a_repeated_sigterm_still_saves(tmp_path, ldc_features):
+    """Two trainers on one WORK would overwrite each other's checkpoints (a job left running by a dead
+    Snakemake, then a re-run); SLURM and srun may both send SIGTERM at a time limit: the state is still saved."""
+    train = make_features(tmp_path, "train", [LDC_TEXT] * 4)
+    work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
+    args = train_args(train, work, out, "--n_hidden", 32, "--epochs", 1000, "--train_batch_size", 1)
+    proc = subprocess.Popen([sys.executable, "-m", "dsflow", "--log", str(log)] + args,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.exists() and "Finished training epoch 1" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = tmp_path / "second.log"
+        assert main(["--log", str(second)] + args) == 2
+        assert re.search(rf"another trainer \(pid {proc.pid} on .*\) is training this state", second.read_text())
+        proc.send_signal(15)
+        proc.send_signal(15)
+        assert proc.wait(timeout=120) == 128 + 15
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert "stopped by signal 15" in text and re.search(r"saved \S+/train-\d+ \(epoch \d+, step", text)
+    assert not out.exists()  # stopped, not finished: nothing published

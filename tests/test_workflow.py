@@ -27,18 +27,21 @@ def wf(tmp_path_factory):
 def test_default_dry_run_lists_the_demo_chain_in_order(wf):
     out = snakemake(wf, "-n").stdout
     assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "train": 1, "lm": 1,
-                         "evaluate": 1, "export": 1, "all": 1}
+                         "evaluate": 1, "plot": 1, "evaluation_page": 1,
+                         "validation_page": 1, "export": 1, "all": 1}
     first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features", "train",
                                                 "evaluate", "export")]
     assert first == sorted(first)
 
 
 def test_csv_config_skips_the_import(wf):
-    assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {"validate": 3, "features": 3, "train": 1,
-                                                                    "lm": 1, "evaluate": 1, "export": 1, "all": 1}
+    assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {
+        "validate": 3, "features": 3, "train": 1, "lm": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1,
+        "validation_page": 1, "export": 1, "all": 1}
     only_train = jobs(snakemake(wf, "-n", "--config", "common_voice_dir=",
                                 "train_files=data/ldc93s1/ldc93s1.csv").stdout)
-    assert only_train == {"validate": 1, "features": 1, "train": 1, "export": 1, "all": 1}
+    assert only_train == {"validate": 1, "features": 1, "train": 1, "plot": 1, "validation_page": 1, "export": 1,
+                          "all": 1}
     # DeepSpeech: an empty export_dir means no export.
     assert "export" not in jobs(snakemake(wf, "-n", "--config", *SMOKE, "export_dir=").stdout)
 
@@ -84,7 +87,8 @@ def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
     assert "Nothing to be done" in snakemake(wd, "--cores", "2", *config).stdout
     # The demo's scorer was built from the training transcripts and used; a decoder flag re-runs evaluate alone.
     assert "beam search (beam_width 1024, scorer results/lm/lm.binary)" in (wd / "results/logs/evaluate.log").read_text()
-    assert jobs(snakemake(wd, "-n", *config, "lm_alpha=0.5").stdout) == {"evaluate": 1, "all": 1}
+    assert jobs(snakemake(wd, "-n", *config, "lm_alpha=0.5").stdout) == {"evaluate": 1, "plot": 1,
+                                                                         "evaluation_page": 1, "all": 1}
     # A forced re-import re-uses every converted WAV.
     snakemake(wd, "--cores", "2", "-R", "import_cv", "--until", "import_cv", *config)
     log = (wd / "results/logs/import_cv.log").read_text()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles", "data", "src", "scripts"]
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles", "data", "src", "scripts", "report"]
 
 
 def workdir(tmp_path: Path) -> Path:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from dsflow import UserError
+from dsflow import gpu
 from dsflow import log as dslog
 
 # Modules that define `add_parser(subparsers)`; each parser sets `func(args) -> int`.
@@ -21,6 +22,8 @@ COMMANDS = [
     "dsflow.train",
     "dsflow.evaluate",
     "dsflow.lm",
+    "dsflow.plot",
+    "dsflow.pages",
     "dsflow.export",
     "dsflow.transcribe",
 ]
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = min(args.threads, len(os.sched_getaffinity(0)))
     dslog.setup(args.log)
     try:
+        gpu.prepare(args.command)  # before TensorFlow is imported: which GPU (if any) this job may use
         return args.func(args) or 0
     except UserError as e:
         dslog.log.error("%s", e)

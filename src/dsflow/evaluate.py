@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 
-from dsflow import UserError
+from dsflow import UserError, gpu
 from dsflow.atomic import write_text
 from dsflow.decode import BEAM_THRESHOLD, Decoder
 from dsflow.log import Progress, log
@@ -212,12 +212,6 @@ def evaluate(args) -> list[dict]:
 
 
 def _main(args) -> int:
-    import tensorflow as tf
-
-    if args.threads > 0:  # before any op runs
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        except RuntimeError:  # a process that already ran TensorFlow ops (tests)
-            log.warning("--threads %d ignored: TensorFlow is already initialized in this process", args.threads)
+    gpu.init_tensorflow(args.threads)  # Snakemake's {threads} for TensorFlow's pools
     evaluate(args)
     return 0

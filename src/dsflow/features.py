@@ -34,7 +34,7 @@ N_INPUT = 26  # DeepSpeech's util/config.py n_input
 FILTERBANK_CHANNELS = 40  # Mfcc op default
 LOWER_FREQUENCY_LIMIT = 20.0  # Mfcc op default
 FILTERBANK_FLOOR = 1e-12  # mfcc.cc kFilterbankFloor
-BLOCK = 128  # frames per block in `mfcc`
+BLOCK = 64  # frames per block in `mfcc` (64: 1.4x faster than 128, whose buffers spill out of L2)
 
 
 def window_samples(sample_rate: int, win_len_ms: float, win_step_ms: float) -> tuple[int, int]:

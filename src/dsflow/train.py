@@ -31,11 +31,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from dsflow import UserError, __version__
+from dsflow import UserError, __version__, gpu
 from dsflow.atomic import atomic_dir, atomic_open, write_text
 from dsflow.log import Progress, log
 
@@ -114,14 +115,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    import tensorflow as tf
-
-    if args.threads > 0:  # before any op runs
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(2)
-        except RuntimeError:  # called in a process that already ran TensorFlow ops (tests)
-            log.warning("--threads %d ignored: TensorFlow is already initialized in this process", args.threads)
+    gpu.init_tensorflow(args.threads)  # Snakemake's {threads} for TensorFlow's pools
     return train(args)
 
 
@@ -190,6 +184,26 @@ def _claim_work(work: Path, ident: dict) -> None:
                         "use another --work_dir or delete this one")
     work.mkdir(parents=True, exist_ok=True)
     write_text(run, json.dumps(ident, indent=2) + "\n")
+
+
+def _lock_work(work: Path):
+    """Hold an exclusive lock on WORK for the life of the process: two trainers on one state folder (a job
+    left running by a dead Snakemake, then a re-run) would overwrite each other's checkpoints."""
+    import fcntl
+
+    f = open(work / "lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{work}: another trainer ({holder}) is training this state; stop it first (e.g. "
+                        "scancel the SLURM job of an earlier run), or wait for it") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 def _next_number(directory: Path, name: str) -> int:
@@ -300,6 +314,7 @@ class Trainer:
         self.ident = identity(args, self.alphabet)
         self.work = Path(args.work_dir) / work_name(self.ident)
         _claim_work(self.work, self.ident)
+        self.lock = _lock_work(self.work)
         log.info("training state: %s", self.work)
         self.dev_dirs = [d for d in args.dev_features.split(",") if d.strip()]
         self.train_info = dataset.info(args.train_features)
@@ -458,8 +473,10 @@ class Trainer:
         return 0
 
     def _on_signal(self, signum, frame):
-        if self.signal is not None:  # a second one: stop now
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if signum == signal.SIGTERM:  # SLURM and srun may both send one at the time limit: keep saving
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
         log.warning("signal %d: saving the state after this batch, then stopping (again: stop now)", signum)
         self.signal = signum
 

@@ -1,0 +1,118 @@
+"""Devices and threads for the TensorFlow jobs: one GPU per concurrent GPU job, memory taken as needed.
+
+Snakemake's `gpu` resource caps how many GPU jobs run at once (`--resources gpu=2`), but it never says WHICH
+device a job gets, and TensorFlow maps every visible GPU and reserves nearly all of its memory. So, before
+TensorFlow is imported, `prepare(command)` (called by the CLI for every command):
+  - sets TF_FORCE_GPU_ALLOW_GROWTH=true (unless set): TensorFlow takes GPU memory as it needs it;
+  - for a GPU command (train, evaluate, export) on a machine with several GPUs, claims a free one with a lock
+    file (DSFLOW_GPU_LOCK_DIR, default $TMPDIR/dsflow-gpu-locks/gpu-N.lock, held until the process exits,
+    whatever kills it) and sets CUDA_VISIBLE_DEVICES to it; if all are taken it waits for one. A
+    CUDA_VISIBLE_DEVICES that is already set (by you, or by SLURM for a job's allocation) is left alone, and
+    so is a job under SLURM (SLURM_JOB_ID): its allocation decides;
+  - for a CPU stage that runs TensorFlow (features), hides the GPUs (CUDA_VISIBLE_DEVICES=""): a job that
+    did not declare `gpu=1` must not take GPU memory from one that did.
+GPUs are counted from /proc/driver/nvidia/gpus (the NVIDIA driver's list); DSFLOW_GPU_COUNT overrides the
+count (the tests fake a multi-GPU machine with it). `init_tensorflow(threads)` then imports TensorFlow with
+Snakemake's `{threads}` for its intra-op pool and logs what the job got.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from dsflow import UserError
+from dsflow.log import log
+
+GPU_COMMANDS = {"train", "evaluate", "export", "transcribe"}
+CPU_TF_COMMANDS = {"features"}  # stages that run TensorFlow on the CPU (their rules declare no GPU)
+_held: list = []  # the claimed device's open lock file: the claim lasts as long as this process
+
+
+def gpu_count() -> int:
+    fake = os.environ.get("DSFLOW_GPU_COUNT")
+    if fake:
+        return int(fake)
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def lock_dir() -> Path:
+    return Path(os.environ.get("DSFLOW_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "dsflow-gpu-locks")
+
+
+def _try_lock(path: Path):
+    try:
+        f = open(path, "a")
+    except OSError as e:
+        raise UserError(f"cannot open the GPU lock file {path}: {e}; set DSFLOW_GPU_LOCK_DIR to a folder you "
+                        "can write (the same for every job of the machine)") from e
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def claim_device(poll_seconds: float = 1.0) -> str | None:
+    """Claim a free GPU of a multi-GPU machine for this process (CUDA_VISIBLE_DEVICES); None: left as it was."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        log.info("GPU: CUDA_VISIBLE_DEVICES=%r was set for this job; using it", os.environ["CUDA_VISIBLE_DEVICES"])
+        return None
+    if os.environ.get("SLURM_JOB_ID"):
+        return None  # SLURM's allocation decides (it sets CUDA_VISIBLE_DEVICES for a job with GPUs)
+    n = gpu_count()
+    if n < 2:
+        return None
+    folder = lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    waited = time.monotonic()
+    warned = False
+    while True:
+        for i in range(n):
+            f = _try_lock(folder / f"gpu-{i}.lock")
+            if f:
+                _held.append(f)
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
+                log.info("GPU: device %d of %d claimed (lock %s%s)", i, n, f.name,
+                         f", after waiting {time.monotonic() - waited:.0f} s" if warned else "")
+                return str(i)
+        if not warned:
+            log.warning("GPU: all %d GPUs are held by other jobs (locks in %s); waiting for one to be free "
+                        "(is --resources gpu=N larger than the number of GPUs?)", n, folder)
+            warned = True
+        time.sleep(poll_seconds)
+
+
+def prepare(command: str) -> None:
+    """Set up this process's devices for `command` (before TensorFlow is imported)."""
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if command in GPU_COMMANDS:
+        claim_device()
+    elif command in CPU_TF_COMMANDS:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def init_tensorflow(threads: int):
+    """Import TensorFlow with `threads` intra-op threads (0: its default) and log the job's devices."""
+    import tensorflow as tf
+
+    if threads > 0:  # before any op runs
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:  # a process that already ran TensorFlow ops (tests)
+            log.warning("--threads %d ignored: TensorFlow is already initialized in this process", threads)
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    log.info("TensorFlow %s: %d intra-op / %d inter-op threads (0: all cores); GPUs: %s "
+             "(CUDA_VISIBLE_DEVICES=%s, TF_FORCE_GPU_ALLOW_GROWTH=%s)", tf.__version__,
+             tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads(), ", ".join(gpus) or "none",
+             os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"), os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH"))
+    return tf
