@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dsflow.cli import main
+
 from tests.workflow import snakemake, workdir
 
 SENTENCE = "she had your dark suit in greasy wash water all year"
@@ -91,7 +93,37 @@ def test_ldc93s1_smoke_test_survives_sigkill_and_resumes(tmp_path):
         out = subprocess.run([sys.executable, "-m", "dsflow", "transcribe", *flags, "results/export", *wavs],
                              cwd=wd, env=env, capture_output=True, text=True, check=True).stdout
         assert out.splitlines() == [f"{w}\t{SENTENCE}" for w in wavs], out
+    # ... and with a scorer built from DeepSpeech's vocab.txt (beam search, the model's export_beam_width).
+    assert main(["build-lm", "--text", str(wd / "data/ldc93s1/vocab.txt"), "--alphabet_config_path",
+                 str(wd / "data/alphabet.txt"), "--output", str(tmp_path / "lm.binary")]) == 0
+    out = subprocess.run([sys.executable, "-m", "dsflow", "transcribe", "--scorer", str(tmp_path / "lm.binary"),
+                          "results/export", *wavs], cwd=wd, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [f"{w}\t{SENTENCE}" for w in wavs], out.stdout
+    assert "beam search: width 500" in out.stderr
     # Nothing is stale now; a changed n_hidden retrains in a fresh state folder, never loading this one.
     assert "Nothing to be done" in snakemake(wd, *args).stdout
     dry = snakemake(wd, "-n", *args[:-1], *SMOKE[:-1], "epochs=1", "n_hidden=64").stdout
     assert "rule train:" in dry and "rule features:" not in dry
+
+
+@pytest.mark.slow
+def test_ldc93s1_8khz_model_through_the_workflow_transcribes_the_8khz_file(tmp_path):
+    """DeepSpeech's 8 kHz CI check: a model trained at audio_sample_rate 8000 (256/160-sample windows) on the
+    8 kHz copy of LDC93S1, exported, transcribes that file exactly, with and without a scorer from vocab.txt."""
+    wd = workdir(tmp_path)
+    wav = "LDC93S1_pcms16le_1_8000.wav"
+    csv = wd / "data/ldc93s1/ldc93s1_8k.csv"
+    csv.write_text(f"wav_filename,wav_filesize,transcript\n{wav},{(wd / 'data/ldc93s1' / wav).stat().st_size},"
+                   f"{SENTENCE}\n")
+    files = [f"{s}_files=data/ldc93s1/ldc93s1_8k.csv" for s in ("train", "dev", "test")]
+    snakemake(wd, "--cores", "2", "--config", *SMOKE[4:], *files, "common_voice_dir=", "audio_sample_rate=8000",
+              "build_lm=false")
+    meta = (wd / "results/features/train/meta.json").read_text()
+    assert '"sample_rate": 8000' in meta
+    assert main(["build-lm", "--text", str(wd / "data/ldc93s1/vocab.txt"), "--alphabet_config_path",
+                 str(wd / "data/alphabet.txt"), "--output", str(tmp_path / "lm.binary")]) == 0
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for flags in ([], ["--scorer", str(tmp_path / "lm.binary")]):
+        out = subprocess.run([sys.executable, "-m", "dsflow", "transcribe", *flags, "results/export",
+                              f"data/ldc93s1/{wav}"], cwd=wd, env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == SENTENCE, out.stdout + out.stderr[-2000:]

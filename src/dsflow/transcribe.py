@@ -9,7 +9,9 @@ The audio goes through the exported model the way DeepSpeech's native client (St
   - at the end of the audio 9 zero frames are pushed, and the last partial chunk is padded with zero windows
     (only its real time steps are kept).
 So a long file never goes into one graph call, and memory does not grow with its length beyond the output
-probabilities. The probabilities are decoded greedily (`decode_probs`).
+probabilities. The probabilities are decoded greedily, or with `--scorer` by DeepSpeech's CTC beam search with
+that KenLM scorer (`dsflow.decode.Decoder`; the beam width defaults to the model's `export_beam_width`, as
+DeepSpeech's client used the metadata's).
 
 Differences from DeepSpeech's native client: samples are scaled by 1/32767 like the training features (the
 client used 1/32768), and the client's last, partial audio window (samples left over after the last full
@@ -43,7 +45,11 @@ def add_parser(sub) -> None:
     a("audio", nargs="+", help="audio files of any rate / channel count / format that sox reads")
     a("--savedmodel", action="store_true", help="use the export's TF SavedModel instead of its TFLite model")
     a("--threads", type=int, default=1, help="inference threads (default 1)")
-    # --scorer / --beam_width / --lm_alpha / --lm_beta come with the beam-search decoder (dsflow.decode).
+    a("--scorer", default="", help="KenLM scorer (ARPA, or binary with its .words, e.g. `dsflow build-lm` output): "
+                                   "beam search with it; without: greedy decoding")
+    a("--beam_width", type=int, default=0, help="beam width with --scorer (default: the model's export_beam_width)")
+    a("--lm_alpha", type=float, default=0.931289039105002, help="LM weight (DeepSpeech's default)")
+    a("--lm_beta", type=float, default=1.1834137581510284, help="word insertion bonus (DeepSpeech's default)")
     p.set_defaults(func=_main)
 
 
@@ -198,17 +204,17 @@ def probabilities(model: ExportedModel, audio_path: str | Path) -> tuple[np.ndar
     return stream.finish(), seconds
 
 
-def decode_probs(probs: np.ndarray, alphabet) -> str:
-    """The decoder: greedy (best path) for now; the beam search with a scorer plugs in here."""
+def decode_probs(probs: np.ndarray, alphabet, decoder=None) -> str:
+    """Greedy (best path), or the beam search of `decoder` (a dsflow.decode.Decoder with a scorer)."""
     from dsflow.decode import greedy
 
-    return greedy(probs, len(probs), alphabet)
+    return decoder.decode(probs) if decoder is not None else greedy(probs, len(probs), alphabet)
 
 
-def transcribe(model: ExportedModel, audio_path: str | Path) -> str:
+def transcribe(model: ExportedModel, audio_path: str | Path, decoder=None) -> str:
     start = time.perf_counter()
     probs, seconds = probabilities(model, audio_path)
-    text = decode_probs(probs, model.alphabet)
+    text = decode_probs(probs, model.alphabet, decoder)
     took = time.perf_counter() - start
     log.info("%s: %.2f s of audio in %.2f s (real-time factor %.3f)", audio_path, seconds, took,
              took / seconds if seconds else 0.0)
@@ -229,7 +235,15 @@ def _main(args) -> int:
     model = ExportedModel(args.model, args.savedmodel, args.threads)
     log.info("%s: %s model, %d Hz, n_hidden %d, %d steps per call, language %r", model.path, model.kind,
              model.sample_rate, model.n_hidden, model.n_steps, model.language)
+    decoder = None
+    if args.scorer:
+        from dsflow.decode import Decoder
+
+        decoder = Decoder(model.alphabet, args.beam_width or model.beam_width, args.scorer, args.lm_alpha,
+                          args.lm_beta)
+        log.info("beam search: width %d, scorer %s, lm_alpha %g, lm_beta %g", decoder.beam_width, args.scorer,
+                 args.lm_alpha, args.lm_beta)
     for path in args.audio:
-        text = transcribe(model, path)
+        text = transcribe(model, path, decoder)
         print(f"{path}\t{text}" if len(args.audio) > 1 else text, flush=True)
     return 0
