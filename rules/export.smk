@@ -30,6 +30,11 @@ rule export:
         directory(EXPORT_DIR or "results/export"),
     log:
         f"{LOGS}/export.log",
+    container:
+        config["container_image_gpu"]
+    resources:
+        gpu=1,
+        gpu_model=config["gpu_model"],
     params:
         load=config["load_evaluate"],
         flags=" ".join(f"--{k} {shlex.quote(str(config[k]))}" for k in EXPORT_FLAGS),
