@@ -122,13 +122,14 @@ def test_whole_chain_through_sbatch_with_a_wall_time_kill(tmp_path, tiny_cv, slu
     jobs = sacct(slurm, out)
     assert jobs.rule.notna().all(), jobs
     assert sorted(jobs.rule) == sorted(["import_cv"] + ["validate"] * 3 + ["features"] * 3 + ["train"] * 2
-                                       + ["lm", "evaluate"]), jobs
+                                       + ["lm", "evaluate", "export", "plot", "evaluation_page",
+                                          "validation_page"]), jobs
     train = jobs[jobs.rule == "train"]
     assert train.state.tolist() == ["TIMEOUT", "COMPLETED"], train
     assert train.timelimit.tolist() == ["00:01:00", "00:30:00"]
     assert (jobs[jobs.rule != "train"].state == "COMPLETED").all(), jobs
-    # train and evaluate ran in the GPU partition with one GPU; the rest in the default CPU partition.
-    gpu = jobs.rule.isin(["train", "evaluate"])
+    # train, evaluate and export ran in the GPU partition with one GPU; the rest in the default CPU partition.
+    gpu = jobs.rule.isin(["train", "evaluate", "export"])
     assert (jobs[gpu].partition == "gpu").all() and jobs[gpu].tres.str.contains("gres/gpu=1").all(), jobs
     assert (jobs[~gpu].partition == "cpu").all() and not jobs[~gpu].tres.str.contains("gpu").any(), jobs
     assert (jobs.account == "dsflow").all()  # the user's default account
