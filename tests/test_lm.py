@@ -5,7 +5,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("flashlight.lib.text")
@@ -110,28 +109,3 @@ def test_evaluate_with_a_scorer_end_to_end(tmp_path, vocab_lm):
     assert "beam search (beam_width 64, scorer" in (tmp_path / "lm.log").read_text()
     loss = {r["wav_filename"]: r["loss"] for r in runs["greedy"]}
     assert {r["wav_filename"]: r["loss"] for r in runs["lm"]} == loss  # decoding does not touch the loss
-
-
-@pytest.mark.slow
-@needs_kenlm
-def test_ldc93s1_with_a_vocab_txt_scorer_gives_the_exact_transcript(tmp_path, vocab_lm):
-    """DeepSpeech's CI check with a scorer: the LDC93S1 model (n_hidden 100, DeepSpeech CI's 249 epochs, train
-    = dev) decoded with a scorer built from vocab.txt at DeepSpeech's decoder defaults gives exactly the
-    transcript. (Greedy may still be a letter off after 249 epochs; the scorer must not be.)"""
-    pytest.importorskip("tensorflow")
-    from dsflow import dataset, features, model
-    from tests.test_train import train_args
-
-    feats = tmp_path / "features"
-    features.write_features(LDC / "ldc93s1.csv", feats)
-    out = tmp_path / "out"
-    assert main(["--log", str(tmp_path / "train.log")] + train_args(
-        feats, tmp_path / "work", out, "--n_hidden", 100, "--epochs", 249, "--learning_rate", 0.001,
-        "--dropout_rate", 0.05, "--train_batch_size", 1, "--dev_batch_size", 1, dev=feats)) == 0
-    net = model.load(out)
-    batch = next(iter(dataset.load(feats, net.alphabet, 1, train=False)))
-    logits = net(batch["features"]).numpy()[:int(batch["feature_lengths"][0]), 0]
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    print("greedy after 249 epochs:", repr(Decoder(net.alphabet).decode(probs)))
-    assert Decoder(net.alphabet, 1024, vocab_lm / "lm.binary").decode(probs) == LDC_TEXT
