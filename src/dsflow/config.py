@@ -26,6 +26,18 @@ SCHEMA = ROOT / "config" / "config.schema.yaml"
 DEMO_CV_DIR = "results/demo/cv-corpus-demo/en"
 
 
+def cli_bool(text) -> bool:
+    """A boolean flag's value on a `dsflow` command line (DeepSpeech's absl booleans: true/false, 1/0, ...)."""
+    import argparse
+
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def load_schema(path: Path = SCHEMA) -> dict:
     return yaml.safe_load(path.read_text())
 

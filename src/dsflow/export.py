@@ -30,21 +30,13 @@ from pathlib import Path
 from dsflow import UserError, __version__
 from dsflow.alphabet import Alphabet
 from dsflow.atomic import atomic_dir
+from dsflow.config import cli_bool
 from dsflow.log import log
 
 GRAPH_VERSION = 6  # DeepSpeech 0.9.3's util/config.py: the native client refuses other versions
 SAVED_MODEL = "saved_model"
 METADATA = "metadata.json"
 SIGNATURES = ("acoustic", "mfcc", "metadata")
-
-
-def _bool(text) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
 
 
 def add_parser(sub) -> None:
@@ -55,8 +47,8 @@ def add_parser(sub) -> None:
     a("--export_dir", required=True, help="output folder (replaced atomically)")
     a("--load_evaluate", default="auto", choices=["auto", "best", "last"],
       help="best: best_dev checkpoint, last: last training checkpoint, auto: best, else last")
-    a("--export_tflite", type=_bool, default=False, help="also write <export_file_name>.tflite (true/false)")
-    a("--export_quantize", type=_bool, default=True,
+    a("--export_tflite", type=cli_bool, default=False, help="also write <export_file_name>.tflite (true/false)")
+    a("--export_quantize", type=cli_bool, default=True,
       help="TFLite with dynamic-range quantization (int8 weights; DeepSpeech 0.9.3 always did this); "
            "false writes float32 weights (true/false)")
     a("--n_steps", type=int, default=16, help="time steps per call of the acoustic model")

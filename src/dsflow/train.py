@@ -38,6 +38,7 @@ from pathlib import Path
 
 from dsflow import UserError, __version__, gpu
 from dsflow.atomic import atomic_dir, atomic_open, write_text
+from dsflow.config import cli_bool
 from dsflow.log import Progress, log
 
 # Counters of the training loop, saved with every checkpoint: name -> initial value (float -> float64).
@@ -57,22 +58,13 @@ METRICS = ["epoch", "train_loss", "dev_loss", "epoch_seconds", "audio_seconds_pe
 IDENTITY = ("n_hidden", "layer_norm", "n_input", "n_context", "alphabet", "train_index_sha256")
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the model (DeepSpeech's train(); resumable from --work_dir)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
 
     def flag(name, **kw):
-        a(f"--{name}", nargs="?", const=True, type=_bool, metavar="true|false", **kw)
+        a(f"--{name}", nargs="?", const=True, type=cli_bool, metavar="true|false", **kw)
 
     a("--train_features", required=True, help="features folder of the training split (`dsflow features`)")
     a("--dev_features", default="", help="comma-separated features folders of the dev sets; empty: no "
