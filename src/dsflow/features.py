@@ -17,12 +17,14 @@ import itertools
 import json
 import math
 import os
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyfftw
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
@@ -34,7 +36,7 @@ N_INPUT = 26  # DeepSpeech's util/config.py n_input
 FILTERBANK_CHANNELS = 40  # Mfcc op default
 LOWER_FREQUENCY_LIMIT = 20.0  # Mfcc op default
 FILTERBANK_FLOOR = 1e-12  # mfcc.cc kFilterbankFloor
-BLOCK = 64  # frames per block in `mfcc` (64: 1.4x faster than 128, whose buffers spill out of L2)
+BLOCK = 128  # frames per block in `mfcc` (bench: 64 is 5% slower; 256 no faster)
 
 
 def window_samples(sample_rate: int, win_len_ms: float, win_step_ms: float) -> tuple[int, int]:
@@ -107,20 +109,57 @@ def mfcc(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step
         return np.zeros((0, N_INPUT), np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(audio, window)[::stride]
     out = np.empty((len(frames), N_INPUT), np.float32)
-    block = np.zeros((min(BLOCK, len(frames)), fft_length))  # zero-padded to the FFT length, like the kernel
+    work = _work(fft_length)
     for i in range(0, len(frames), BLOCK):
         chunk = frames[i:i + BLOCK]
-        windowed = block[:len(chunk)]
-        np.multiply(chunk, hann, out=windowed[:, :window])
-        spectrum = np.fft.rfft(windowed).view(np.float64)  # float64 like the kernel; [re, im, re, im, ...]
-        np.multiply(spectrum, spectrum, out=spectrum)
-        power = np.empty((len(chunk), spectrum.shape[1] // 2), np.float32)  # AudioSpectrogram's float output
-        np.add(spectrum[:, 0::2], spectrum[:, 1::2], out=power, casting="same_kind")  # summed in float64
-        mel = np.sqrt(power, dtype=np.float64) @ melmatrix
+        n = len(chunk)
+        np.multiply(chunk, hann, out=work.windowed[:n, :window])  # zero-padded to the FFT length, like the kernel
+        work.rfft(n)  # float64 like the kernel
+        parts = work.spectrum[:n].view(np.float64)  # [re, im, re, im, ...]
+        np.multiply(parts, parts, out=parts)
+        power = work.power[:n]  # summed in float64, stored as AudioSpectrogram's float32 output
+        np.add(parts[:, 0::2], parts[:, 1::2], out=power, casting="same_kind")
+        magnitude = np.sqrt(power, out=work.magnitude[:n], dtype=np.float64)  # the Mfcc op's sqrt, in float64
+        mel = magnitude @ melmatrix
         np.maximum(mel, FILTERBANK_FLOOR, out=mel)
         np.log(mel, out=mel)
         out[i:i + BLOCK] = mel @ dct
     return out
+
+
+class _Work:
+    """One thread's work arrays for `mfcc` blocks, and FFTW plans on them (one per block height, made on first use).
+
+    Kept per thread and reused: allocating them per call costs page faults in a fresh process (1.4x slower in
+    the feature worker processes), and an FFTW plan is bound to its arrays. FFTW's real FFT measured 1.4x
+    faster than numpy's (pocketfft) on blocks of 512-point frames; both are float64, like the kernel's.
+    """
+
+    def __init__(self, fft_length: int):
+        self.fft_length, self._plans = fft_length, {}
+        bins = fft_length // 2 + 1
+        self.windowed = pyfftw.zeros_aligned((BLOCK, fft_length))  # the zero padding beyond the window stays 0
+        self.spectrum = pyfftw.empty_aligned((BLOCK, bins), np.complex128)
+        self.power = np.empty((BLOCK, bins), np.float32)
+        self.magnitude = np.empty((BLOCK, bins))
+
+    def rfft(self, n: int) -> None:
+        """spectrum[:n] = rfft(windowed[:n]) along the rows."""
+        plan = self._plans.get(n)
+        if plan is None:  # FFTW_ESTIMATE: planning does not write to the arrays and takes microseconds
+            plan = self._plans[n] = pyfftw.FFTW(self.windowed[:n], self.spectrum[:n], axes=(1,),
+                                                      flags=("FFTW_ESTIMATE",), threads=1)
+        plan.execute()
+
+
+_local = threading.local()
+
+
+def _work(fft_length: int) -> _Work:
+    work = getattr(_local, "work", None)
+    if work is None or work.fft_length != fft_length or len(work.windowed) != BLOCK:
+        work = _local.work = _Work(fft_length)
+    return work
 
 
 def mfcc_tf(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step_ms: float = 20) -> np.ndarray:
@@ -146,6 +185,8 @@ def read_csv(csv_path: str | Path) -> pd.DataFrame:
     `wav_filename` is resolved against the CSV's folder (absolute paths kept); a missing
     `wav_filesize` column counts as 0 for every row, as in DeepSpeech.
     """
+    import pandas as pd  # here, not at the top: the feature worker processes start without it
+
     csv_path = Path(csv_path)
     try:
         rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
@@ -187,26 +228,50 @@ def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: flo
     return mfcc(samples, sample_rate, win_len, win_step), len(samples) / sample_rate
 
 
-def clip_features(rows: pd.DataFrame, csv_path, sample_rate: int, win_len: float, win_step: float, threads: int):
-    """(features, duration) of each row's WAV, in row order, computed on `threads` threads.
+def _batch_features(jobs, csv_path, sample_rate: int, win_len: float, win_step: float):
+    """_clip_features of a batch of (path, row) jobs (one task of the process pool)."""
+    return [_clip_features(path, row, csv_path, sample_rate, win_len, win_step) for path, row in jobs]
 
-    Threads, not processes: numpy and libsndfile release the GIL, and a process pool measured
-    slower (start-up and pickling; bench/bench_features.py). A bounded number of clips is in
-    flight, so memory stays flat on big splits.
+
+def _one_blas_thread() -> None:
+    threadpool_limits(1, user_api="blas")  # parallel over clips already: BLAS threads would only contend
+
+
+def clip_features(rows, csv_path, sample_rate: int, win_len: float, win_step: float, threads: int):
+    """(features, duration) of each row's WAV, in row order, computed by `threads` worker processes.
+
+    Processes, not threads: the per-frame numpy calls are small, and two threads measured only 1.12x one
+    thread (GIL hand-offs); two processes scale (bench/bench_features.py). No more workers than the CPUs this
+    process may run on (Snakemake's `--cores 8` on a 2-CPU machine gives 2). Clips go to the workers in
+    batches of BATCH, a bounded number of batches is in flight (memory stays flat on big splits), and
+    results come back in row order. With one worker everything runs in this process.
     """
-    jobs = iter(zip(rows["wav_filename"], rows["row"]))
+    jobs = zip(rows["wav_filename"], rows["row"])
     args = (csv_path, sample_rate, win_len, win_step)
-    with ThreadPoolExecutor(threads) as pool:
-        pending = deque(pool.submit(_clip_features, *job, *args) for job in itertools.islice(jobs, 4 * threads))
+    workers = min(threads, len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        with threadpool_limits(1, user_api="blas"):
+            for path, row in jobs:
+                yield _clip_features(path, row, *args)
+        return
+    batches = iter(lambda: list(itertools.islice(jobs, BATCH)), [])
+    # forkserver: workers start from a clean interpreter, not a fork of this one (which may run TF's threads)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # the workers fork from a server that imported this module once
+    with ProcessPoolExecutor(workers, context, _one_blas_thread) as pool:
+        pending = deque(pool.submit(_batch_features, batch, *args) for batch in itertools.islice(batches, 4 * workers))
         try:
             while pending:
-                result = pending.popleft().result()
-                for job in itertools.islice(jobs, 1):
-                    pending.append(pool.submit(_clip_features, *job, *args))
-                yield result
+                results = pending.popleft().result()
+                for batch in itertools.islice(batches, 1):
+                    pending.append(pool.submit(_batch_features, batch, *args))
+                yield from results
         finally:
             for future in pending:
                 future.cancel()
+
+
+BATCH = 32  # clips per task of the worker processes (bench: 16 is about 5% slower)
 
 
 def _example(features: np.ndarray, transcript: str, wav_filename: str, duration: float) -> bytes:
@@ -239,8 +304,7 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
     rows = read_csv(csv_path)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        with threadpool_limits(1, user_api="blas"):  # parallel over clips; BLAS threads would only contend
-            index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
+        index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
         (tmp / "meta.json").write_text(json.dumps({
             "sample_rate": sample_rate, "win_len_ms": win_len, "win_step_ms": win_step, "n_input": N_INPUT,
             "count": len(index), "total_seconds": float(index["duration"].sum()),
@@ -270,6 +334,8 @@ def _write_shards(rows, csv_path, tmp: Path, sample_rate, win_len, win_step, thr
     finally:
         if writer is not None:
             writer.close()
+    import pandas as pd
+
     index = pd.DataFrame({"wav_filename": rows["wav_filename"], "wav_filesize": rows["wav_filesize"],
                           "transcript": rows["transcript"], "n_frames": n_frames, "duration": durations,
                           "shard": shards})
@@ -291,7 +357,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sample-rate", type=int, default=16000, help="audio_sample_rate (default 16000)")
     p.add_argument("--win-len", type=float, default=32, help="feature_win_len in ms (default 32)")
     p.add_argument("--win-step", type=float, default=20, help="feature_win_step in ms (default 20)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker threads (default: all CPUs)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker processes (default: all CPUs)")
     p.add_argument("--shard-seconds", type=float, default=3600.0,
                    help="audio seconds per shard (default 3600: one shard per hour of audio)")
     p.set_defaults(func=_main)
