@@ -5,7 +5,13 @@ speed does not depend on the weights) is exported by `dsflow export` three ways:
 (dynamic-range, int8 weights), float32 TFLite and the TF SavedModel. Each transcribes LDC93S1 repeated to
 `--seconds` seconds, streamed exactly as `dsflow transcribe` does (n_steps chunks with carried LSTM state);
 model loading is not counted. Also shown: the share of the time spent in the acoustic model (the same number of
-n_steps chunks of zero input), the rest is the per-window MFCC graph and Python. Goal: RTF <= 0.05 (TFLite).
+n_steps chunks of zero input), the rest is the MFCCs and Python. Goal: RTF <= 0.05 (TFLite).
+
+Last, the floor this CPU puts under the quantized model: TFLite's own int8 (dynamic-range) fully-connected kernel is
+timed on the model's two kinds of matrix product, n_steps frames at once (the dense layers and the LSTM's input
+projection) and one frame at a time (the LSTM's recurrent matrix, which each frame needs before the next), and the
+model's multiply-adds per frame are divided by those rates: the real-time factor the model could reach if nothing
+but its matrix products took time.
 
     python bench/bench_transcribe.py                 # n_hidden 2048, 30 s of audio
     python bench/bench_transcribe.py --n_hidden 512 --seconds 10
@@ -17,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,6 +88,51 @@ def main() -> None:
             acoustic = time.perf_counter() - t
             seconds = len(audio) / rate
             print(f"{label:<22} {load:7.2f} {best / seconds:7.4f} {acoustic / best:14.0%}")
+        floor(tf, args.n_hidden, m.n_steps, args.threads)
+
+
+def fc_rate(tf, m: int, k: int, n: int, threads: int, repeats: int = 30) -> float:
+    """Multiply-adds per second of TFLite's dynamic-range quantized FULLY_CONNECTED, [m, k] x [k, n]."""
+    import numpy as np
+
+    weights = tf.Variable(tf.random.normal([n, k]) * 0.02)
+
+    class FC(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([m, k], tf.float32)])
+        def f(self, x):
+            return {"y": tf.matmul(x, weights, transpose_b=True)}
+
+    module = FC()
+    module.weights_ = weights
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.f.get_concrete_function()], module)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=converter.convert(), num_threads=threads)
+    runner = interpreter.get_signature_runner()
+    x = np.random.rand(m, k).astype(np.float32)
+    runner(x=x)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            runner(x=x)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return m * k * n / best
+
+
+def floor(tf, n_hidden: int, n_steps: int, threads: int) -> None:
+    from dsflow.model import WINDOW
+
+    batched = fc_rate(tf, n_steps, n_hidden, n_hidden, threads)
+    recurrent = fc_rate(tf, 1, n_hidden, 4 * n_hidden, threads)
+    # per frame: layers 1-3, the LSTM's input projection and layer 5 (batched over n_steps), the recurrent product
+    batched_macs = WINDOW * 26 * n_hidden + 2 * n_hidden ** 2 + 4 * n_hidden ** 2 + n_hidden ** 2 + n_hidden * 29
+    recurrent_macs = 4 * n_hidden ** 2
+    per_second = 50 * (batched_macs / batched + recurrent_macs / recurrent)  # 50 frames per audio second
+    print(f"TFLite int8 FC, {threads} thread(s): {batched / 1e9:.1f} GMAC/s at {n_steps} frames x {n_hidden} x "
+          f"{n_hidden}, {recurrent / 1e9:.1f} GMAC/s at 1 x {n_hidden} x {4 * n_hidden}: "
+          f"the matrix products alone give RTF >= {per_second:.4f}")
 
 
 if __name__ == "__main__":

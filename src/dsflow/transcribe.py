@@ -3,7 +3,9 @@
 The audio goes through the exported model the way DeepSpeech's native client (StreamingState) feeds it:
   - audio of another rate, channel count or sample format is first converted with sox (as DeepSpeech's
     client.py did for the 44.1 kHz stereo smoke-test file) to 16-bit mono at the model's sample rate;
-  - the audio is read in blocks; every 32 ms window (stride 20 ms) goes through the model's `mfcc` signature;
+  - the audio is read in blocks, and the MFCCs of each block's 32 ms windows (stride 20 ms) are computed by
+    `dsflow.features.mfcc`, the arithmetic of the model's `mfcc` signature (DeepSpeech's AudioSpectrogram + Mfcc
+    ops, which the native client ran once per window), a block at a time;
   - the MFCC buffer starts with 9 zero frames, each 19 frames make one context window, and every n_steps
     windows make one call of the `acoustic` signature, with the LSTM state carried from call to call;
   - at the end of the audio 9 zero frames are pushed, and the last partial chunk is padded with zero windows
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dsflow import UserError
+from dsflow.features import mfcc
 from dsflow.log import log
 
 N_CONTEXT = 9
@@ -125,7 +128,7 @@ class Stream:
 
     def __init__(self, model: ExportedModel):
         self.model = model
-        self.audio = np.zeros(0, np.float32)
+        self.audio = np.zeros(0, np.int16)
         self.frames = [np.zeros(26, np.float32)] * N_CONTEXT  # the native client's 9 leading zero frames
         self.windows: list[np.ndarray] = []
         self.c = np.zeros([1, model.n_hidden], np.float32)
@@ -133,13 +136,17 @@ class Stream:
         self.probs: list[np.ndarray] = []
 
     def feed(self, samples: np.ndarray) -> None:
-        # /32767 in float32 like the training features (dsflow.features.mfcc, DeepSpeech's pcm_to_np)
-        audio = np.concatenate([self.audio, np.asarray(samples, np.int16).astype(np.float32) / np.float32(32767)])
-        start, window, stride = 0, self.model.window, self.model.stride
-        while start + window <= len(audio):
-            self._push_frame(self.model.run("mfcc", input_samples=audio[start:start + window])["mfccs"][0])
-            start += stride
-        self.audio = audio[start:]
+        audio = np.concatenate([self.audio, np.asarray(samples, np.int16)])
+        window, stride = self.model.window, self.model.stride
+        n = 1 + (len(audio) - window) // stride if len(audio) >= window else 0  # whole windows in the buffer
+        if n:
+            # the windows' MFCCs: dsflow.features.mfcc is the arithmetic of the model's `mfcc` signature
+            # (DeepSpeech's ops; tests/test_transcribe.py checks it), on a block at a time instead of a graph
+            # call per 20 ms; /32767 in float32 like the training features (DeepSpeech's pcm_to_np)
+            for frame in mfcc(audio[:(n - 1) * stride + window], self.model.sample_rate, self.model.win_len,
+                              self.model.win_step):
+                self._push_frame(frame)
+        self.audio = audio[n * stride:]
 
     def _push_frame(self, frame: np.ndarray) -> None:
         self.frames.append(frame)
