@@ -5,9 +5,13 @@ window, FFT length = next power of two, magnitude squared) and `Mfcc` (40 mel ch
 20 Hz and rate/2, log floored at 1e-12, DCT-II scaled by sqrt(2/40), 26 coefficients) on
 int16/32767 audio. `mfcc` below is the same arithmetic as those kernels
 (tensorflow/core/kernels/spectrogram.cc, mfcc_mel_filterbank.cc, mfcc_dct.cc) written as a few
-vectorized numpy operations over blocks of frames, in float64 like the kernels, with the
-spectrogram rounded to float32 between the two ops like the graph does. On real audio the result
-is bit-identical to the ops (tests/test_features.py checks it with a 1-2 float32-step tolerance).
+vectorized numpy operations (and one FFTW real FFT) over blocks of frames, in float64 like the kernels,
+with the spectrogram rounded to float32 between the two ops like the graph does. On real audio the
+result is bit-identical to the ops but for a rare 1-ulp difference (tests/test_features.py checks it
+with a 1-2 float32-step tolerance).
+
+`dsflow features` computes a split's clips in worker processes and writes them, in DeepSpeech's
+order, into TFRecord shards.
 """
 
 from __future__ import annotations
