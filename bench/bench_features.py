@@ -2,9 +2,10 @@
 
 DeepSpeech's way: per file, read the WAV, then its TF ops (AudioSpectrogram + Mfcc) on that file,
 either eagerly or through one tf.function called per file. dsflow's way: the vectorized numpy
-`dsflow.features.mfcc` in this process (1) or in `--threads` worker processes, and the whole
-`dsflow features` job (reading, features, TFRecord shards, index) with `--threads` workers. Throughput is audio seconds per wall-clock second;
-each way runs `--repeat` times, interleaved, and its best run counts (the machine may be shared).
+`dsflow.features.mfcc` in this process or in `--threads` worker processes, and the whole `dsflow
+features` job (reading, features, TFRecord shards, index) with `--threads` workers. Throughput is
+audio seconds per wall-clock second; each way runs `--repeat` times, interleaved, and its best run
+counts (the machine may be shared).
 
     python bench/bench_features.py [--clips 2400] [--threads N] [--repeat 3]
 

@@ -20,10 +20,10 @@ import functools
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import threading
 from collections import deque
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -41,6 +41,7 @@ FILTERBANK_CHANNELS = 40  # Mfcc op default
 LOWER_FREQUENCY_LIMIT = 20.0  # Mfcc op default
 FILTERBANK_FLOOR = 1e-12  # mfcc.cc kFilterbankFloor
 BLOCK = 128  # frames per block in `mfcc` (bench: 64 is 5% slower; 256 no faster)
+BATCH = 32  # clips per task of the feature worker processes (bench: 16 is about 5% slower)
 
 
 def window_samples(sample_rate: int, win_len_ms: float, win_step_ms: float) -> tuple[int, int]:
@@ -152,7 +153,7 @@ class _Work:
         plan = self._plans.get(n)
         if plan is None:  # FFTW_ESTIMATE: planning does not write to the arrays and takes microseconds
             plan = self._plans[n] = pyfftw.FFTW(self.windowed[:n], self.spectrum[:n], axes=(1,),
-                                                      flags=("FFTW_ESTIMATE",), threads=1)
+                                                flags=("FFTW_ESTIMATE",), threads=1)
         plan.execute()
 
 
@@ -161,7 +162,7 @@ _local = threading.local()
 
 def _work(fft_length: int) -> _Work:
     work = getattr(_local, "work", None)
-    if work is None or work.fft_length != fft_length or len(work.windowed) != BLOCK:
+    if work is None or work.fft_length != fft_length:
         work = _local.work = _Work(fft_length)
     return work
 
@@ -244,8 +245,8 @@ def _one_blas_thread() -> None:
 def clip_features(rows, csv_path, sample_rate: int, win_len: float, win_step: float, threads: int):
     """(features, duration) of each row's WAV, in row order, computed by `threads` worker processes.
 
-    Processes, not threads: the per-frame numpy calls are small, and two threads measured only 1.12x one
-    thread (GIL hand-offs); two processes scale (bench/bench_features.py). No more workers than the CPUs this
+    Processes, not threads: two threads measured only 1.1-1.3x one (the numpy calls per block are small and
+    hand the GIL back and forth), two processes 1.3-1.6x (bench/bench_features.py). No more workers than the CPUs this
     process may run on (Snakemake's `--cores 8` on a 2-CPU machine gives 2). Clips go to the workers in
     batches of BATCH, a bounded number of batches is in flight (memory stays flat on big splits), and
     results come back in row order. With one worker everything runs in this process.
@@ -273,9 +274,6 @@ def clip_features(rows, csv_path, sample_rate: int, win_len: float, win_step: fl
         finally:
             for future in pending:
                 future.cancel()
-
-
-BATCH = 32  # clips per task of the worker processes (bench: 16 is about 5% slower)
 
 
 def _example(features: np.ndarray, transcript: str, wav_filename: str, duration: float) -> bytes:
