@@ -47,6 +47,7 @@ from dsflow.alphabet import Alphabet
 # Hypotheses this far (natural-log units) behind the best are dropped. DeepSpeech has no such cut; on the demo
 # 15 gives the WER of 100 (within 0.001) at a seventh of the time (bench/bench_decode.py).
 BEAM_THRESHOLD = 15.0
+LM_ALPHA, LM_BETA = 0.931289039105002, 1.1834137581510284  # DeepSpeech 0.9.3's default lm_alpha, lm_beta
 _EXCLUDED = -1e30  # log-probability of a character removed by cutoff_prob (finite: keeps log-add free of NaN)
 _FLOOR = 1e-30  # probabilities are floored before log() so that an exact 0 does not give -inf
 
@@ -109,7 +110,7 @@ class Decoder:
     Bad scorer files raise UserError naming the file and the reason."""
 
     def __init__(self, alphabet: Alphabet, beam_width: int = 1024, scorer_path: str | Path | None = "",
-                 lm_alpha: float = 0.931289039105002, lm_beta: float = 1.1834137581510284,
+                 lm_alpha: float = LM_ALPHA, lm_beta: float = LM_BETA,
                  cutoff_prob: float = 1.0, cutoff_top_n: int = 300, beam_threshold: float = BEAM_THRESHOLD):
         if beam_width < 1 or cutoff_top_n < 1 or not 0 < cutoff_prob <= 1 or beam_threshold <= 0:
             raise UserError("decoder: beam_width and cutoff_top_n must be >= 1, 0 < cutoff_prob <= 1 and "

@@ -20,7 +20,7 @@ import math
 
 from dsflow import UserError, gpu
 from dsflow.atomic import write_text
-from dsflow.decode import BEAM_THRESHOLD, Decoder
+from dsflow.decode import BEAM_THRESHOLD, LM_ALPHA, LM_BETA, Decoder
 from dsflow.log import Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
@@ -45,8 +45,8 @@ def add_parser(sub) -> None:
                                                "default, one decoder process)")
     a("--scorer_path", default="", help="KenLM scorer for the beam search (empty: greedy decoding)")
     a("--beam_width", type=int, default=1024)
-    a("--lm_alpha", type=float, default=0.931289039105002, help="language model weight")
-    a("--lm_beta", type=float, default=1.1834137581510284, help="word insertion bonus")
+    a("--lm_alpha", type=float, default=LM_ALPHA, help="language model weight")
+    a("--lm_beta", type=float, default=LM_BETA, help="word insertion bonus")
     a("--cutoff_prob", type=float, default=1.0, help="cumulative probability cut-off per frame (1.0: off)")
     a("--cutoff_top_n", type=int, default=300, help="characters tried per frame")
     a("--beam_threshold", type=float, default=BEAM_THRESHOLD,

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dsflow import UserError
+from dsflow.decode import LM_ALPHA, LM_BETA
 from dsflow.features import mfcc
 from dsflow.log import log
 
@@ -51,8 +52,8 @@ def add_parser(sub) -> None:
     a("--scorer", default="", help="KenLM scorer (ARPA, or binary with its .words, e.g. `dsflow build-lm` output): "
                                    "beam search with it; without: greedy decoding")
     a("--beam_width", type=int, default=0, help="beam width with --scorer (default: the model's export_beam_width)")
-    a("--lm_alpha", type=float, default=0.931289039105002, help="LM weight (DeepSpeech's default)")
-    a("--lm_beta", type=float, default=1.1834137581510284, help="word insertion bonus (DeepSpeech's default)")
+    a("--lm_alpha", type=float, default=LM_ALPHA, help="LM weight (DeepSpeech's default)")
+    a("--lm_beta", type=float, default=LM_BETA, help="word insertion bonus (DeepSpeech's default)")
     p.set_defaults(func=_main)
 
 
