@@ -1,11 +1,11 @@
 """Feature extraction throughput: `dsflow features`' way vs DeepSpeech's way, same files, same process.
 
 DeepSpeech's way: per file, read the WAV, then its TF ops (AudioSpectrogram + Mfcc) on that file,
-either eagerly or through one tf.function called per file. dsflow's way: the vectorized numpy
-`dsflow.features.mfcc` in this process or in `--threads` worker processes, and the whole `dsflow
-features` job (reading, features, TFRecord shards, index) with `--threads` workers. Throughput is
-audio seconds per wall-clock second; each way runs `--repeat` times, interleaved, and its best run
-counts (the machine may be shared).
+either eagerly or through one tf.function called per file; and DeepSpeech's own training input, a
+tf.data pipeline that maps those ops over the files on all CPUs. dsflow's way: the whole `dsflow
+features` job (reading, features, TFRecord shards, index) in this process and with `--threads`
+worker processes. Throughput is audio seconds per wall-clock second; each way runs `--repeat` times,
+interleaved, and its best run counts (the machine may be shared).
 
     python bench/bench_features.py [--clips 2400] [--threads N] [--repeat 3]
 
@@ -76,9 +76,25 @@ def deepspeech_function(paths):
         features(samples.astype(np.float32)[:, None] / np.float32(32767)).numpy()
 
 
-def dsflow_numpy(csv, threads):
-    rows = F.read_csv(csv)
-    for _ in F.clip_features(rows, csv, 16000, 32, 20, threads):
+def deepspeech_tf_data(paths):
+    """DeepSpeech 0.9.3's training input (util/feeding.py create_dataset): a Python generator reads and
+    converts each file (pcm_to_np), `.map(audio_to_features, num_parallel_calls=AUTOTUNE)` computes the
+    features on all cores."""
+    import tensorflow as tf
+
+    def samples():
+        for path in paths:
+            audio, _ = sf.read(path, dtype="int16")
+            yield audio.astype(np.float32)[:, None] / np.float32(32767)
+
+    def features(audio):
+        spectrogram = tf.raw_ops.AudioSpectrogram(input=audio, window_size=512, stride=320, magnitude_squared=True)
+        out = tf.raw_ops.Mfcc(spectrogram=spectrogram, sample_rate=16000, dct_coefficient_count=26,
+                              upper_frequency_limit=8000.0)
+        return tf.reshape(out, [-1, 26])
+
+    dataset = tf.data.Dataset.from_generator(samples, output_signature=tf.TensorSpec([None, 1], tf.float32))
+    for _ in dataset.map(features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE):
         pass
 
 
@@ -103,17 +119,19 @@ def main() -> None:
         for p in paths[:5]:
             samples, rate = sf.read(p, dtype="int16")
             assert np.allclose(F.mfcc(samples, rate), F.mfcc_tf(samples, rate), rtol=1e-5, atol=1e-4)
+        per_file = ["DeepSpeech ops per file, eager", "DeepSpeech ops per file, tf.function"]
+        pipeline = f"DeepSpeech's tf.data pipeline, map on {os.cpu_count()} CPUs"
+        job = "dsflow features job"
         ways = {
-            "DeepSpeech ops, eager, per file": lambda: deepspeech_eager(paths),
-            "DeepSpeech ops, tf.function per file": lambda: deepspeech_function(paths),
-            "dsflow numpy, in this process": lambda: dsflow_numpy(csv, 1),
-            f"dsflow numpy, {args.threads} worker processes": lambda: dsflow_numpy(csv, args.threads),
-            f"dsflow features job, {args.threads} workers (+ TFRecords, index)":
-                lambda: F.write_features(csv, tmp / "out", threads=args.threads),
+            per_file[0]: lambda: deepspeech_eager(paths),
+            per_file[1]: lambda: deepspeech_function(paths),
+            pipeline: lambda: deepspeech_tf_data(paths),
+            f"{job}, in this process": lambda: F.write_features(csv, tmp / "out", threads=1),
+            f"{job}, {args.threads} worker processes": lambda: F.write_features(csv, tmp / "out", threads=args.threads),
         }
         for way in ways.values():  # warm-up: imports, tracing, caches
             way()
-        in_process = list(ways)[:3]  # CPU time is counted for these only (the workers are not our children)
+        in_process = list(ways)[:4]  # CPU time is counted for these only (the workers are not our children)
         best = {name: float("inf") for name in ways}
         cpu = {name: float("inf") for name in ways}
         for _ in range(args.repeat):
@@ -122,17 +140,20 @@ def main() -> None:
                 way()
                 best[name] = min(best[name], time.perf_counter() - start)
                 cpu[name] = min(cpu[name], time.process_time() - start_cpu)
-    baseline = max(seconds / best[name] for name in list(ways)[:2])
-    baseline_cpu = max(seconds / cpu[name] for name in list(ways)[:2])
+    rate = {name: seconds / best[name] for name in ways}
+    cpu_rate = {name: seconds / cpu[name] for name in ways}
+    baseline, baseline_cpu = max(rate[n] for n in per_file), max(cpu_rate[n] for n in per_file)
     print(f"{args.clips} clips, {seconds:.0f} s of audio, {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"numpy {np.__version__}, best of {args.repeat}, load average before: {load}")
-    print(f"{'':62s} {'wall clock':>23s}  {'CPU time':>23s}")
+    print(f"{'':48s} {'wall clock audio-s/s':>21s} {'vs per file':>11s} {'vs tf.data':>10s}  "
+          f"{'CPU time audio-s/s':>18s} {'vs per file':>11s}")
     for name in ways:
-        cpu_time = (f"{seconds / cpu[name]:9.0f} audio-s/s {seconds / cpu[name] / baseline_cpu:5.2f}x"
-                    if name in in_process else "")
-        print(f"{name:62s} {seconds / best[name]:9.0f} audio-s/s {seconds / best[name] / baseline:5.2f}x  {cpu_time}")
-    print("(ratios against the faster of DeepSpeech's two ways; wall clock is the throughput, CPU time the "
-          "work per audio second, which is what a busy machine still shows)")
+        line = f"{name:48s} {rate[name]:21.0f} {rate[name] / baseline:10.2f}x {rate[name] / rate[pipeline]:9.2f}x"
+        if name in in_process:
+            line += f"  {cpu_rate[name]:18.0f} {cpu_rate[name] / baseline_cpu:10.2f}x"
+        print(line)
+    print("(\"per file\": the faster of DeepSpeech's ops called per file; wall clock is the throughput, CPU time "
+          "the work per audio second, which is what a busy machine still shows)")
 
 
 if __name__ == "__main__":

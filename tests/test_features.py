@@ -193,3 +193,54 @@ def test_read_csv_without_filesize_keeps_file_order(tmp_path):
     assert rows.transcript.tolist() == ["one", "two", "three"]
     assert rows.wav_filename.tolist() == [str(tmp_path / "z.wav"), str(tmp_path / "a.wav"), "/abs/b.wav"]
     assert rows.wav_filesize.tolist() == [0, 0, 0]
+
+
+def test_records_are_what_tensorflow_writes(tmp_path):
+    """The workers' hand-framed tf.train.Example records: parsed by TF's own parser, framed like TF's writer."""
+    from dsflow.features import _example, _record
+
+    rng = np.random.default_rng(0)
+    for frames, transcript in ((0, ""), (1, "a"), (300, "naïve café"), (20000, "x" * 200)):
+        features = rng.normal(size=(frames, 26)).astype(np.float32)
+        data = _example(features, transcript, "/data/ü/clip.wav", 1.23)
+        parsed = tf.train.Example.FromString(data)
+        expected = tf.train.Example(features=tf.train.Features(feature={
+            "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[features.tobytes()])),
+            "n_frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[frames])),
+            "transcript": tf.train.Feature(bytes_list=tf.train.BytesList(value=[transcript.encode()])),
+            "wav_filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=["/data/ü/clip.wav".encode()])),
+            "duration": tf.train.Feature(float_list=tf.train.FloatList(value=[1.23])),
+        }))
+        assert parsed == expected
+        with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+            writer.write(data)
+        assert _record(data) == (tmp_path / "tf.tfrecord").read_bytes()
+
+
+def test_one_or_two_workers_write_the_same_bytes(tmp_path):
+    csv = make_split(tmp_path / "data", list(range(40, 0, -1)))
+    write_features(csv, tmp_path / "one", threads=1, shard_seconds=20)
+    write_features(csv, tmp_path / "two", threads=2, shard_seconds=20)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len([n for n in names if n.startswith("shard-")]) >= 2
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        if name != "meta.json":
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_extensible_wav_is_read_like_plain_pcm(ldc, tmp_path):
+    """WAVE_FORMAT_EXTENSIBLE and RF64 headers (validation accepts them; the stdlib reader does not) go
+    through soundfile: same samples, same features."""
+    samples, rate = read16("LDC93S1.wav")
+    for name, kind in (("a.wav", "WAV"), ("b.wav", "WAVEX"), ("c.wav", "RF64")):
+        sf.write(tmp_path / name, samples, rate, format=kind, subtype="PCM_16")
+    assert (tmp_path / "b.wav").read_bytes()[20:22] == b"\xfe\xff"  # format tag 0xFFFE: extensible
+    assert (tmp_path / "c.wav").read_bytes()[:4] == b"RF64"
+    rows = "".join(f"{n},{(tmp_path / n).stat().st_size},she had\n" for n in ("a.wav", "b.wav", "c.wav"))
+    (tmp_path / "s.csv").write_text("wav_filename,wav_filesize,transcript\n" + rows)
+    write_features(tmp_path / "s.csv", tmp_path / "out")
+    plain, extensible, rf64 = records(tmp_path / "out" / "shard-00000.tfrecord")
+    np.testing.assert_array_equal(plain["features"], mfcc(samples, rate))
+    np.testing.assert_array_equal(extensible["features"], plain["features"])
+    np.testing.assert_array_equal(rf64["features"], plain["features"])

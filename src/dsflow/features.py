@@ -10,8 +10,9 @@ with the spectrogram rounded to float32 between the two ops like the graph does.
 result is bit-identical to the ops but for a rare 1-ulp difference (tests/test_features.py checks it
 with a 1-2 float32-step tolerance).
 
-`dsflow features` computes a split's clips in worker processes and writes them, in DeepSpeech's
-order, into TFRecord shards.
+`dsflow features` computes a split's clips in worker processes, which also build the TFRecord records
+(tf.train.Example, framed with CRC-32C) without importing TensorFlow; the main process writes them, in
+DeepSpeech's order, into shards.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import json
 import math
 import multiprocessing
 import os
+import struct
 import threading
+import wave
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyfftw
 import soundfile as sf
@@ -41,9 +45,11 @@ FILTERBANK_CHANNELS = 40  # Mfcc op default
 LOWER_FREQUENCY_LIMIT = 20.0  # Mfcc op default
 FILTERBANK_FLOOR = 1e-12  # mfcc.cc kFilterbankFloor
 BLOCK = 128  # frames per block in `mfcc` (bench: 64 is 5% slower; 256 no faster)
+INT16_MAX = np.float32(np.iinfo(np.int16).max)
 BATCH = 32  # clips per task of the feature worker processes (bench: 16 is about 5% slower)
 
 
+@functools.lru_cache(maxsize=16)
 def window_samples(sample_rate: int, win_len_ms: float, win_step_ms: float) -> tuple[int, int]:
     """(window, stride) in samples; DeepSpeech exits unless both are whole numbers of samples."""
     out = []
@@ -109,10 +115,12 @@ def mfcc(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step
         raise ValueError(f"mono audio expected, got shape {samples.shape}")
     window, stride = window_samples(sample_rate, win_len_ms, win_step_ms)
     hann, fft_length, melmatrix, dct = _tables(window, sample_rate, sample_rate / 2)
-    audio = samples.astype(np.float32) / np.float32(np.iinfo(np.int16).max)  # pcm_to_np: /32767 in float32
+    audio = samples.astype(np.float32) / INT16_MAX  # pcm_to_np: /32767 in float32
     if len(audio) < window:
         return np.zeros((0, N_INPUT), np.float32)
-    frames = np.lib.stride_tricks.sliding_window_view(audio, window)[::stride]
+    # the overlapping frames as a view of `audio` (what sliding_window_view(audio, window)[::stride] is, in 1 us, not 40)
+    frames = np.ndarray((1 + (len(audio) - window) // stride, window), audio.dtype, audio, 0,
+                        (stride * audio.itemsize, audio.itemsize))
     out = np.empty((len(frames), N_INPUT), np.float32)
     work = _work(fft_length)
     for i in range(0, len(frames), BLOCK):
@@ -216,77 +224,127 @@ def read_csv(csv_path: str | Path) -> pd.DataFrame:
     return out.sort_values("wav_filesize", kind="stable").reset_index(drop=True)
 
 
-def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: float, win_step: float):
-    """Read one validated WAV and compute its features (runs in the workers)."""
-    where = f"{csv_path}: row {row}: {path}"
-    if not os.path.isfile(path):
-        raise UserError(f"{where}: no such file")
+def _read_audio(path: str, where: str, sample_rate: int) -> np.ndarray:
+    """A validated split's WAV as int16 samples.
+
+    The stdlib `wave` reader first (2.6x faster than soundfile on short clips: no cffi calls); files it
+    does not take (WAVE_FORMAT_EXTENSIBLE or RF64 headers, which validation accepts) or that are not 16-bit
+    mono at `sample_rate` go through soundfile, which reads the former and names what is wrong with the latter.
+    """
+    try:
+        with wave.open(path, "rb") as w:
+            if w.getsampwidth() == 2 and w.getnchannels() == 1 and w.getframerate() == sample_rate:
+                return np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    except (wave.Error, EOFError):
+        pass
     try:
         with sf.SoundFile(path) as f:
-            if f.format != "WAV" or f.subtype != "PCM_16" or f.channels != 1 or f.samplerate != sample_rate:
+            if f.format not in ("WAV", "WAVEX", "RF64") or f.subtype != "PCM_16" or f.channels != 1 or f.samplerate != sample_rate:
                 raise UserError(f"{where}: expected a 16-bit mono WAV at {sample_rate} Hz, got {f.format} "
                                 f"{f.subtype}, {f.channels} channel(s), {f.samplerate} Hz; "
                                 "validate/convert the split first")
-            samples = f.read(dtype="int16")
+            return f.read(dtype="int16")
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise UserError(f"{where}: cannot read the audio: {e}") from None
+
+
+def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: float, win_step: float):
+    """Read one validated WAV and compute its features."""
+    where = f"{csv_path}: row {row}: {path}"
+    if not os.path.isfile(path):
+        raise UserError(f"{where}: no such file")
+    samples = _read_audio(path, where, sample_rate)
     return mfcc(samples, sample_rate, win_len, win_step), len(samples) / sample_rate
 
 
-def _batch_features(jobs, csv_path, sample_rate: int, win_len: float, win_step: float):
-    """_clip_features of a batch of (path, row) jobs (one task of the process pool)."""
-    return [_clip_features(path, row, csv_path, sample_rate, win_len, win_step) for path, row in jobs]
+# A tf.train.Example in protobuf's wire format (tensorflow/core/example/example.proto and feature.proto),
+# written here so that the workers need no TensorFlow (2-4 s to import in each): Example{1: Features},
+# Features{1: map<string, Feature>}, Feature{1: BytesList | 2: FloatList | 3: Int64List}, each list
+# {1: packed values}. tests/test_features.py parses it with TensorFlow's parser.
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): a message, a string or a packed list."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _example(features: np.ndarray, transcript: str, wav_filename: str, duration: float) -> bytes:
+    feature = {
+        "features": _field(1, _field(1, features.astype("<f4").tobytes())),  # bytes_list
+        "n_frames": _field(3, _field(1, _varint(len(features)))),  # int64_list
+        "transcript": _field(1, _field(1, transcript.encode("utf-8"))),
+        "wav_filename": _field(1, _field(1, wav_filename.encode("utf-8"))),
+        "duration": _field(2, _field(1, struct.pack("<f", duration))),  # float_list
+    }
+    return _field(1, b"".join(_field(1, _field(1, key.encode()) + _field(2, value)) for key, value in feature.items()))
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def _record(data: bytes) -> bytes:
+    """`data` framed as one TFRecord record: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
+    length = struct.pack("<Q", len(data))
+    return length + _masked_crc(length) + data + _masked_crc(data)
+
+
+def _batch_records(jobs, csv_path, sample_rate: int, win_len: float, win_step: float):
+    """One task of the worker processes: the TFRecord records of a batch of (path, row, transcript) jobs, as
+    one bytes object (one copy through the pipe), and each clip's (n_frames, duration, record length)."""
+    records, sizes = [], []
+    for path, row, transcript in jobs:
+        features, duration = _clip_features(path, row, csv_path, sample_rate, win_len, win_step)
+        records.append(_record(_example(features, transcript, path, duration)))
+        sizes.append((len(features), duration, len(records[-1])))
+    return b"".join(records), sizes
 
 
 def _one_blas_thread() -> None:
     threadpool_limits(1, user_api="blas")  # parallel over clips already: BLAS threads would only contend
 
 
-def clip_features(rows, csv_path, sample_rate: int, win_len: float, win_step: float, threads: int):
-    """(features, duration) of each row's WAV, in row order, computed by `threads` worker processes.
+def batch_records(rows, csv_path, sample_rate: int, win_len: float, win_step: float, threads: int):
+    """`_batch_records` of the rows in batches of BATCH, in row order, computed by `threads` worker processes.
 
     Processes, not threads: two threads measured only 1.1-1.3x one (the numpy calls per block are small and
-    hand the GIL back and forth), two processes 1.3-1.6x (bench/bench_features.py). No more workers than the CPUs this
-    process may run on (Snakemake's `--cores 8` on a 2-CPU machine gives 2). Clips go to the workers in
-    batches of BATCH, a bounded number of batches is in flight (memory stays flat on big splits), and
-    results come back in row order. With one worker everything runs in this process.
+    hand the GIL back and forth). No more workers than the CPUs this process may run on (Snakemake's
+    `--cores 8` on a 2-CPU machine gives 2). A bounded number of batches is in flight (memory stays flat on
+    big splits). The workers also build the records, so that this process only writes bytes: building
+    them here cost the job 15-20% on 2 CPUs. With one worker everything runs in this process.
     """
-    jobs = zip(rows["wav_filename"], rows["row"])
+    jobs = zip(rows["wav_filename"], rows["row"], rows["transcript"])
+    batches = iter(lambda: list(itertools.islice(jobs, BATCH)), [])
     args = (csv_path, sample_rate, win_len, win_step)
     workers = min(threads, len(os.sched_getaffinity(0)))
     if workers <= 1:
         with threadpool_limits(1, user_api="blas"):
-            for path, row in jobs:
-                yield _clip_features(path, row, *args)
+            for batch in batches:
+                yield _batch_records(batch, *args)
         return
-    batches = iter(lambda: list(itertools.islice(jobs, BATCH)), [])
     # forkserver: workers start from a clean interpreter, not a fork of this one (which may run TF's threads)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # the workers fork from a server that imported this module once
     with ProcessPoolExecutor(workers, context, _one_blas_thread) as pool:
-        pending = deque(pool.submit(_batch_features, batch, *args) for batch in itertools.islice(batches, 4 * workers))
+        pending = deque(pool.submit(_batch_records, batch, *args) for batch in itertools.islice(batches, 4 * workers))
         try:
             while pending:
-                results = pending.popleft().result()
+                result = pending.popleft().result()
                 for batch in itertools.islice(batches, 1):
-                    pending.append(pool.submit(_batch_features, batch, *args))
-                yield from results
+                    pending.append(pool.submit(_batch_records, batch, *args))
+                yield result
         finally:
             for future in pending:
                 future.cancel()
-
-
-def _example(features: np.ndarray, transcript: str, wav_filename: str, duration: float) -> bytes:
-    import tensorflow as tf
-
-    feature = tf.train.Feature
-    return tf.train.Example(features=tf.train.Features(feature={
-        "features": feature(bytes_list=tf.train.BytesList(value=[features.astype("<f4").tobytes()])),
-        "n_frames": feature(int64_list=tf.train.Int64List(value=[len(features)])),
-        "transcript": feature(bytes_list=tf.train.BytesList(value=[transcript.encode("utf-8")])),
-        "wav_filename": feature(bytes_list=tf.train.BytesList(value=[wav_filename.encode("utf-8")])),
-        "duration": feature(float_list=tf.train.FloatList(value=[duration])),
-    })).SerializeToString()
 
 
 def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float = 32, win_step: float = 20,
@@ -295,8 +353,6 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
 
     Built in a temporary sibling folder and moved onto `out_dir` only when complete.
     """
-    import tensorflow as tf
-
     try:
         window_samples(sample_rate, win_len, win_step)
     except ValueError as e:
@@ -306,7 +362,7 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
     rows = read_csv(csv_path)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds, tf)
+        index = _write_shards(rows, csv_path, tmp, sample_rate, win_len, win_step, threads, shard_seconds)
         (tmp / "meta.json").write_text(json.dumps({
             "sample_rate": sample_rate, "win_len_ms": win_len, "win_step_ms": win_step, "n_input": N_INPUT,
             "count": len(index), "total_seconds": float(index["duration"].sum()),
@@ -315,27 +371,29 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
     return index
 
 
-def _write_shards(rows, csv_path, tmp: Path, sample_rate, win_len, win_step, threads, shard_seconds, tf):
+def _write_shards(rows, csv_path, tmp: Path, sample_rate, win_len, win_step, threads, shard_seconds):
     n_frames, durations, shards = [], [], []
-    shard, writer, shard_duration = -1, None, 0.0
+    shard, file, shard_duration = -1, None, 0.0
     try:
         with Progress("features", len(rows), "clips") as progress:
-            for (features, duration), transcript, path in zip(
-                    clip_features(rows, csv_path, sample_rate, win_len, win_step, threads), rows["transcript"], rows["wav_filename"]):
-                if writer is None or shard_duration >= shard_seconds:
-                    if writer is not None:
-                        writer.close()
-                    shard, shard_duration = shard + 1, 0.0
-                    writer = tf.io.TFRecordWriter(str(tmp / SHARD.format(shard)))
-                writer.write(_example(features, transcript, path, duration))
-                shard_duration += duration
-                n_frames.append(len(features))
-                durations.append(duration)
-                shards.append(SHARD.format(shard))
-                progress.update()
+            for data, sizes in batch_records(rows, csv_path, sample_rate, win_len, win_step, threads):
+                offset = 0
+                for frames, duration, size in sizes:
+                    if file is None or shard_duration >= shard_seconds:
+                        if file is not None:
+                            file.close()
+                        shard, shard_duration = shard + 1, 0.0
+                        file = open(tmp / SHARD.format(shard), "wb")
+                    file.write(memoryview(data)[offset:offset + size])
+                    offset += size
+                    shard_duration += duration
+                    n_frames.append(frames)
+                    durations.append(duration)
+                    shards.append(SHARD.format(shard))
+                progress.update(len(sizes))
     finally:
-        if writer is not None:
-            writer.close()
+        if file is not None:
+            file.close()
     import pandas as pd
 
     index = pd.DataFrame({"wav_filename": rows["wav_filename"], "wav_filesize": rows["wav_filesize"],
