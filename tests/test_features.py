@@ -1,6 +1,7 @@
 """DeepSpeech's features: numpy vs TensorFlow's own ops on real audio, and `dsflow features` shards."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import tensorflow as tf
 
 from dsflow import UserError, cli
 from dsflow.features import mfcc, read_csv, write_features
-from tests.conftest import LDC
+from tests.conftest import LDC, ROOT
 
 # Both sides do the same float64 arithmetic and round to float32 at the same two points
 # (spectrogram, output); only the FFT differs (pocketfft vs the kernel's Ooura FFT), by ~1e-16
@@ -244,3 +245,19 @@ def test_extensible_wav_is_read_like_plain_pcm(ldc, tmp_path):
     np.testing.assert_array_equal(plain["features"], mfcc(samples, rate))
     np.testing.assert_array_equal(extensible["features"], plain["features"])
     np.testing.assert_array_equal(rf64["features"], plain["features"])
+
+
+def test_the_features_job_runs_without_tensorflow(tmp_path):
+    """The job imports no TensorFlow (2-4 s per job and per worker, and GPU memory on a GPU machine). One
+    process here, so that the workers' code runs in the process that is checked."""
+    import subprocess
+    import sys
+
+    csv = make_split(tmp_path / "data", [3, 2, 1])
+    probe = ("import sys, dsflow.features as F\n"
+             "F.write_features(sys.argv[1], sys.argv[2], threads=1)\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(csv), str(tmp_path / "out")], capture_output=True,
+                          text=True, check=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert done.stdout.strip() == "[]"
+    assert len(list(records(tmp_path / "out" / "shard-00000.tfrecord"))) == 3

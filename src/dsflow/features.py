@@ -263,12 +263,17 @@ def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: flo
 # {1: packed values}. tests/test_features.py parses it with TensorFlow's parser.
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:  # tags and most lengths: one byte
+        return _BYTES[n]
     out = bytearray()
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_BYTES = [bytes((i,)) for i in range(0x80)]
 
 
 def _field(number: int, payload: bytes) -> bytes:

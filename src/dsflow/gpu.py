@@ -8,9 +8,8 @@ TensorFlow is imported, `prepare(command)` (called by the CLI for every command)
     file (DSFLOW_GPU_LOCK_DIR, default $TMPDIR/dsflow-gpu-locks/gpu-N.lock, held until the process exits,
     whatever kills it) and sets CUDA_VISIBLE_DEVICES to it; if all are taken it waits for one. A
     CUDA_VISIBLE_DEVICES that is already set (by you, or by SLURM for a job's allocation) is left alone, and
-    so is a job under SLURM (SLURM_JOB_ID): its allocation decides;
-  - for a CPU stage that runs TensorFlow (features), hides the GPUs (CUDA_VISIBLE_DEVICES=""): a job that
-    did not declare `gpu=1` must not take GPU memory from one that did.
+    so is a job under SLURM (SLURM_JOB_ID): its allocation decides.
+The CPU stages (validate, features, ...) never import TensorFlow, so they cannot take GPU memory.
 GPUs are counted from /proc/driver/nvidia/gpus (the NVIDIA driver's list); DSFLOW_GPU_COUNT overrides the
 count (the tests fake a multi-GPU machine with it). `init_tensorflow(threads)` then imports TensorFlow with
 Snakemake's `{threads}` for its intra-op pool and logs what the job got.
@@ -28,7 +27,6 @@ from dsflow import UserError
 from dsflow.log import log
 
 GPU_COMMANDS = {"train", "evaluate", "export", "transcribe"}
-CPU_TF_COMMANDS = {"features"}  # stages that run TensorFlow on the CPU (their rules declare no GPU)
 _held: list = []  # the claimed device's open lock file: the claim lasts as long as this process
 
 
@@ -95,8 +93,6 @@ def prepare(command: str) -> None:
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     if command in GPU_COMMANDS:
         claim_device()
-    elif command in CPU_TF_COMMANDS:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 def init_tensorflow(threads: int):
