@@ -7,7 +7,7 @@ features` job (reading, features, TFRecord shards, index) in this process and wi
 worker processes. Throughput is audio seconds per wall-clock second; each way runs `--repeat` times,
 interleaved, and its best run counts (the machine may be shared).
 
-    python bench/bench_features.py [--clips 2400] [--threads N] [--repeat 3]
+    python bench/bench_features.py [--clips 2400] [--threads N] [--repeat 5]
 
 The audio is made here from data/ldc93s1/LDC93S1.wav: clips of 1.5-10 s (Common Voice-like
 lengths) cut from it repeated, with a little noise so that no two clips are the same.
@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=2400)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
     import logging
