@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from dsflow import UserError, __version__
 from dsflow.atomic import atomic_dir
 from dsflow.log import Progress, log
+from dsflow.wavinfo import PCM16, WAV_FORMATS
 
 N_INPUT = 26  # DeepSpeech's util/config.py n_input
 FILTERBANK_CHANNELS = 40  # Mfcc op default
@@ -118,7 +119,7 @@ def mfcc(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_step
     audio = samples.astype(np.float32) / INT16_MAX  # pcm_to_np: /32767 in float32
     if len(audio) < window:
         return np.zeros((0, N_INPUT), np.float32)
-    # the overlapping frames as a view of `audio` (what sliding_window_view(audio, window)[::stride] is, in 1 us, not 40)
+    # the overlapping frames as a view of `audio`: sliding_window_view(audio, window)[::stride] in 1 us, not 40
     frames = np.ndarray((1 + (len(audio) - window) // stride, window), audio.dtype, audio, 0,
                         (stride * audio.itemsize, audio.itemsize))
     out = np.empty((len(frames), N_INPUT), np.float32)
@@ -239,7 +240,7 @@ def _read_audio(path: str, where: str, sample_rate: int) -> np.ndarray:
         pass
     try:
         with sf.SoundFile(path) as f:
-            if f.format not in ("WAV", "WAVEX", "RF64") or f.subtype != "PCM_16" or f.channels != 1 or f.samplerate != sample_rate:
+            if f.format not in WAV_FORMATS or f.subtype != PCM16 or f.channels != 1 or f.samplerate != sample_rate:
                 raise UserError(f"{where}: expected a 16-bit mono WAV at {sample_rate} Hz, got {f.format} "
                                 f"{f.subtype}, {f.channels} channel(s), {f.samplerate} Hz; "
                                 "validate/convert the split first")

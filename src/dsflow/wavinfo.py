@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import soundfile as sf
 
 PCM16 = "PCM_16"
+WAV_FORMATS = ("WAV", "WAVEX", "RF64")  # soundfile's names of the WAV container's variants
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def probe(path: str) -> WavInfo:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise NotWav(str(e).split(": ", 1)[-1]) from None
-    if info.format not in ("WAV", "WAVEX", "RF64"):
+    if info.format not in WAV_FORMATS:
         raise NotWav(f"format {info.format}, not WAV")
     declared_frames = info.frames if declared < 0 else declared // block_align
     return WavInfo(info.samplerate, info.channels, info.subtype, info.frames, declared_frames)
