@@ -88,7 +88,7 @@ def main() -> None:
             acoustic = time.perf_counter() - t
             seconds = len(audio) / rate
             print(f"{label:<22} {load:7.2f} {best / seconds:7.4f} {acoustic / best:14.0%}")
-        floor(tf, args.n_hidden, m.n_steps, args.threads)
+        floor(tf, net, args.n_hidden, m.n_steps, args.threads)
 
 
 def fc_rate(tf, m: int, k: int, n: int, threads: int, repeats: int = 30) -> float:
@@ -121,14 +121,14 @@ def fc_rate(tf, m: int, k: int, n: int, threads: int, repeats: int = 30) -> floa
     return m * k * n / best
 
 
-def floor(tf, n_hidden: int, n_steps: int, threads: int) -> None:
-    from dsflow.model import WINDOW
-
+def floor(tf, net, n_hidden: int, n_steps: int, threads: int) -> None:
     batched = fc_rate(tf, n_steps, n_hidden, n_hidden, threads)
     recurrent = fc_rate(tf, 1, n_hidden, 4 * n_hidden, threads)
-    # per frame: layers 1-3, the LSTM's input projection and layer 5 (batched over n_steps), the recurrent product
-    batched_macs = WINDOW * 26 * n_hidden + 2 * n_hidden ** 2 + 4 * n_hidden ** 2 + n_hidden ** 2 + n_hidden * 29
+    # per frame, one multiply-add per weight (the 2-D variables); the recurrent half of the LSTM kernel
+    # [2 n_hidden, 4 n_hidden] runs one frame at a time, the rest batched over n_steps frames
+    macs = sum(v.shape.num_elements() for v in net.trainable_variables if len(v.shape) == 2)
     recurrent_macs = 4 * n_hidden ** 2
+    batched_macs = macs - recurrent_macs
     per_second = 50 * (batched_macs / batched + recurrent_macs / recurrent)  # 50 frames per audio second
     print(f"TFLite int8 FC, {threads} thread(s): {batched / 1e9:.1f} GMAC/s at {n_steps} frames x {n_hidden} x "
           f"{n_hidden}, {recurrent / 1e9:.1f} GMAC/s at 1 x {n_hidden} x {4 * n_hidden}: "

@@ -138,16 +138,13 @@ class Stream:
 
     def feed(self, samples: np.ndarray) -> None:
         audio = np.concatenate([self.audio, np.asarray(samples, np.int16)])
-        window, stride = self.model.window, self.model.stride
-        n = 1 + (len(audio) - window) // stride if len(audio) >= window else 0  # whole windows in the buffer
-        if n:
-            # the windows' MFCCs: dsflow.features.mfcc is the arithmetic of the model's `mfcc` signature
-            # (DeepSpeech's ops; tests/test_transcribe.py checks it), on a block at a time instead of a graph
-            # call per 20 ms; /32767 in float32 like the training features (DeepSpeech's pcm_to_np)
-            for frame in mfcc(audio[:(n - 1) * stride + window], self.model.sample_rate, self.model.win_len,
-                              self.model.win_step):
-                self._push_frame(frame)
-        self.audio = audio[n * stride:]
+        # the MFCCs of every whole window in the buffer (none if it is shorter than one): dsflow.features.mfcc is
+        # the arithmetic of the model's `mfcc` signature (DeepSpeech's ops; tests/test_transcribe.py checks it), on
+        # a block at a time instead of a graph call per 20 ms; /32767 in float32 like the training features
+        frames = mfcc(audio, self.model.sample_rate, self.model.win_len, self.model.win_step)
+        for frame in frames:
+            self._push_frame(frame)
+        self.audio = audio[len(frames) * self.model.stride:]
 
     def _push_frame(self, frame: np.ndarray) -> None:
         self.frames.append(frame)
