@@ -23,7 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dsflow import importer
+from dsflow import audio, importer
+from dsflow.atomic import atomic_path
 from dsflow.log import setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +57,10 @@ def pydub_convert(src: Path, wav: Path, rate: int = 16000) -> int:
     """pydub's usual way: ffprobe + ffmpeg decode into memory, pydub resamples (audioop) and writes the WAV."""
     from pydub import AudioSegment
 
-    with importer.atomic_path(wav) as tmp:
+    with atomic_path(wav) as tmp:
         audio = AudioSegment.from_file(src, "mp3").set_frame_rate(rate).set_channels(1).set_sample_width(2)
         audio.export(tmp, format="wav")
-        frames = importer.wav_frames(tmp, rate)
+        frames = audio.wav_frames(tmp, rate)
     return frames
 
 
@@ -70,7 +71,7 @@ def convert_block(tool: str, clips: list[Path], out: Path, threads: int) -> floa
 
     def job(mp3: Path) -> int:
         wav = out / (mp3.stem + ".wav")
-        return pydub_convert(mp3, wav) if tool == "pydub" else importer.convert(mp3, wav, 16000, tool)
+        return pydub_convert(mp3, wav) if tool == "pydub" else audio.convert(mp3, wav, 16000, tool)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:

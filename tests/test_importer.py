@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from dsflow import UserError, importer
+from dsflow import UserError, audio, importer
 from dsflow.atomic import atomic_open
 from dsflow.cli import main
 
@@ -194,7 +194,7 @@ def test_failure_leaves_no_partial_wav_or_csv(cv_release, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_run(cmd, **kwargs)
 
-    monkeypatch.setattr(importer.subprocess, "run", dying_converter)
+    monkeypatch.setattr(audio.subprocess, "run", dying_converter)
     out, wavs = tmp_path / "out", tmp_path / "wavs"
     with pytest.raises(KeyboardInterrupt):
         importer.import_cv(cv_release, out, wavs, None, threads=1)
@@ -204,9 +204,9 @@ def test_failure_leaves_no_partial_wav_or_csv(cv_release, tmp_path, monkeypatch)
     finished = {p.name for p in wavs.iterdir()}
     assert killed == ["accent.wav"]
     assert "good.wav" in finished and "accent.wav" not in finished
-    assert all(p.suffix == ".wav" and importer.wav_frames(p, 16000) > 0 for p in wavs.iterdir())
+    assert all(p.suffix == ".wav" and audio.wav_frames(p, 16000) > 0 for p in wavs.iterdir())
 
-    monkeypatch.setattr(importer.subprocess, "run", real_run)
+    monkeypatch.setattr(audio.subprocess, "run", real_run)
     importer.import_cv(cv_release, out, wavs, None, threads=1)
     assert (out / "train.csv").exists()
     assert not [p for p in wavs.iterdir() if p.suffix != ".wav"]

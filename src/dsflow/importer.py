@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsflow import UserError
-from dsflow.atomic import atomic_open, atomic_path
-from dsflow import text, wavinfo
+from dsflow import text
+from dsflow.atomic import atomic_open
+from dsflow.audio import CONVERTERS, ConversionError, convert, wav_frames
 from dsflow.log import Progress, log
 
 SPLITS = ("train", "dev", "test")
@@ -35,54 +36,6 @@ REQUIRED_COLUMNS = ("path", "sentence")
 REASONS = ("label_invalid", "not_in_alphabet", "missing_audio", "conversion_failed", "too_short", "too_long")
 REJECTED_COLUMNS = ("split", "tsv_row", "path", "sentence", "reason", "detail")
 CSV_COLUMNS = ("wav_filename", "wav_filesize", "transcript")
-CONVERTERS = ("sox", "ffmpeg")  # sox measured faster (bench/bench_import.py), so it is the default
-
-
-class ConversionError(Exception):
-    pass
-
-
-def converter_command(tool: str, src: str | Path, dst: str | Path, rate: int) -> list[str]:
-    """The command that decodes `src` to a 16-bit mono PCM WAV at `rate` Hz in `dst` (any name)."""
-    if tool == "sox":  # -D: no dither, as pysox's Transformer (import_cv2) runs sox
-        return ["sox", "-D", "-V1", str(src), "-t", "wav", "-r", str(rate), "-c", "1", "-b", "16",
-                "-e", "signed-integer", str(dst)]
-    if tool == "ffmpeg":
-        return ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-map_metadata", "-1",
-                "-fflags", "+bitexact", "-ac", "1", "-ar", str(rate), "-c:a", "pcm_s16le", "-f", "wav",
-                str(dst)]
-    raise ValueError(f"unknown converter {tool!r} (one of {CONVERTERS})")
-
-
-def wav_frames(path: str | Path, rate: int) -> int | None:
-    """Number of frames of a complete 16-bit mono PCM WAV at `rate` Hz; None if `path` is not one."""
-    try:
-        info = wavinfo.probe(str(path))
-    except (wavinfo.NotWav, OSError):
-        return None
-    if info.subtype == wavinfo.PCM16 and info.channels == 1 and info.sample_rate == rate and not info.truncated:
-        return info.frames
-    return None
-
-
-def convert(src: str | Path, wav: str | Path, rate: int = 16000, tool: str = "sox") -> int:
-    """Convert one clip to `wav` atomically and return its number of frames.
-
-    Raises ConversionError with the converter's message when the clip cannot be decoded.
-    """
-    with atomic_path(wav) as tmp:
-        proc = subprocess.run(converter_command(tool, src, tmp, rate), capture_output=True)
-        if proc.returncode != 0:
-            message = " ".join(proc.stderr.decode("utf-8", "replace").split())
-            raise ConversionError(f"{tool} exited with {proc.returncode}: {message or '(no message)'}")
-        frames = wav_frames(tmp, rate)
-        if frames is None:
-            raise ConversionError(f"{tool} did not write a 16-bit mono {rate} Hz WAV")
-        if frames == 0:
-            raise ConversionError(f"{tool} decoded no audio samples")
-    return frames
-
-
 def wav_path(wav_dir: Path, clip: str) -> Path:
     """Where the WAV of clip `clip` (the TSV's `path`, e.g. common_voice_id_123.mp3) is cached."""
     return wav_dir / (os.path.splitext(os.path.basename(clip))[0] + ".wav")

@@ -176,7 +176,7 @@ class Stream:
 @contextlib.contextmanager
 def model_rate_wav(path: str | Path, rate: int):
     """`path` itself when it is a 16-bit mono PCM WAV at `rate` Hz, else a temporary copy converted with sox."""
-    from dsflow.importer import ConversionError, convert, wav_frames
+    from dsflow.audio import ConversionError, convert, wav_frames
 
     path = Path(path)
     if not path.is_file():

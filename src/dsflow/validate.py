@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsflow import UserError, atomic, importer
+from dsflow import UserError, atomic
 from dsflow.alphabet import Alphabet
 from dsflow.config import file_list, window_samples
 from dsflow.log import Progress, log
-from dsflow.wavinfo import PCM16, NotWav, WavInfo, probe
+from dsflow.audio import PCM16, ConversionError, NotWav, WavInfo, convert, probe
 
 ERROR, CONVERT, FIXED, WARNING = "error", "convert", "fixed", "warning"
 REASONS = {
@@ -242,17 +242,17 @@ def validate(
     to_convert = [r for r in rows if id(r) not in bad_ids and any(kind(reason) == CONVERT for reason, _ in r.problems)]
     os.makedirs(audio_dir, exist_ok=True)
     if to_convert:
-        def convert(row: Row) -> None:
+        def convert_row(row: Row) -> None:
             dst = os.path.join(audio_dir, _converted_name(row))
             try:
-                importer.convert(row.path, dst, sample_rate)
+                convert(row.path, dst, sample_rate)
                 row.path = dst
-            except importer.ConversionError as e:
+            except ConversionError as e:
                 row.add("not_wav", f"conversion failed: {e}")
 
         with Progress(f"validate {split}: converting", len(to_convert), "files") as progress, \
                 ThreadPoolExecutor(max(1, threads)) as pool:
-            for _ in pool.map(convert, to_convert):
+            for _ in pool.map(convert_row, to_convert):
                 progress.update()
         bad += [r for r in to_convert if r.problems[-1][0] == "not_wav"]
         bad_ids = {id(r) for r in bad}
