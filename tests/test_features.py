@@ -159,7 +159,7 @@ def test_corrupt_wav_fails_naming_it_and_leaves_nothing(tmp_path, capsys):
     csv = make_split(tmp_path / "data", [1, 2, 3, 4])
     (tmp_path / "data" / "sub" / "clip3.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
     out = tmp_path / "features" / "dev"
-    with pytest.raises(UserError, match=r"split.csv: row 5: .*sub/clip3.wav: cannot read the audio"):
+    with pytest.raises(UserError, match=r"split.csv: row 4: .*sub/clip3.wav: cannot read the audio"):
         write_features(csv, out, threads=2)
     assert not (tmp_path / "features").exists() or not list((tmp_path / "features").iterdir())
     # an earlier complete output stays as it was; the CLI reports the error and exits 2
@@ -174,14 +174,14 @@ def test_corrupt_wav_fails_naming_it_and_leaves_nothing(tmp_path, capsys):
 def test_wrong_format_or_missing_file_is_named(ldc, tmp_path):
     (ldc / "bad.csv").write_text("wav_filename,wav_filesize,transcript\n"
                                  "LDC93S1.wav,1,a\nLDC93S1_pcms16le_1_8000.wav,2,b\n")
-    with pytest.raises(UserError, match=r"row 3: .*LDC93S1_pcms16le_1_8000.wav: expected a 16-bit mono WAV at "
+    with pytest.raises(UserError, match=r"row 2: .*LDC93S1_pcms16le_1_8000.wav: expected a 16-bit mono WAV at "
                                         r"16000 Hz, got WAV PCM_16, 1 channel\(s\), 8000 Hz"):
         write_features(ldc / "bad.csv", tmp_path / "out")
     (ldc / "missing.csv").write_text("wav_filename,wav_filesize,transcript\nnope.wav,1,a\n")
-    with pytest.raises(UserError, match=r"row 2: .*nope.wav: no such file"):
+    with pytest.raises(UserError, match=r"row 1: .*nope.wav: no such file"):
         write_features(ldc / "missing.csv", tmp_path / "out")
     (ldc / "size.csv").write_text("wav_filename,wav_filesize,transcript\nLDC93S1.wav,big,a\n")
-    with pytest.raises(UserError, match=r"size.csv: row 2: wav_filesize 'big'"):
+    with pytest.raises(UserError, match=r"size.csv: row 1: wav_filesize 'big'"):
         write_features(ldc / "size.csv", tmp_path / "out")
     with pytest.raises(UserError, match="not a positive whole number"):
         write_features(ldc / "ldc93s1.csv", tmp_path / "out", sample_rate=44100)

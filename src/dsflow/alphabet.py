@@ -136,20 +136,11 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    import pandas as pd
-
-    from dsflow import UserError
+    from dsflow import UserError, csvfile
+    from dsflow.config import file_list
     from dsflow.log import log
 
-    transcripts = []
-    for path in [p for p in args.csv.split(",") if p]:
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
-            raise UserError(f"{path}: cannot read CSV: {e}") from None
-        if "transcript" not in frame.columns:
-            raise UserError(f"{path}: no 'transcript' column (columns: {list(frame.columns)})")
-        transcripts += frame["transcript"].tolist()
+    transcripts = [text for _, _, text in csvfile.transcripts(file_list(args.csv))]
     counts, not_nfkc = characters_of(transcripts)
     if not_nfkc and not args.unicode:
         shown = "; ".join(f"{t!r} -> {unicodedata.normalize('NFKC', t)!r}" for t in not_nfkc[:10])

@@ -192,35 +192,11 @@ def mfcc_tf(samples: np.ndarray, sample_rate: int, win_len_ms: float = 32, win_s
 
 
 def read_csv(csv_path: str | Path) -> pd.DataFrame:
-    """A DeepSpeech CSV in DeepSpeech's order: wav_filesize ascending, ties in file order.
+    """A DeepSpeech CSV in DeepSpeech's order (dsflow.csvfile), `wav_filename` resolved against the CSV's folder."""
+    from dsflow import csvfile  # here, not at the top: the feature worker processes start without pandas
 
-    `wav_filename` is resolved against the CSV's folder (absolute paths kept); a missing
-    `wav_filesize` column counts as 0 for every row, as in DeepSpeech.
-    """
-    import pandas as pd  # here, not at the top: the feature worker processes start without it
-
-    csv_path = Path(csv_path)
-    try:
-        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"{csv_path}: cannot read CSV: {e}") from None
-    for column in ("wav_filename", "transcript"):
-        if column not in rows.columns:
-            raise UserError(f"{csv_path}: no {column!r} column (columns: {list(rows.columns)})")
-    sizes = rows["wav_filesize"] if "wav_filesize" in rows.columns else pd.Series("0", index=rows.index)
-    numeric = pd.to_numeric(sizes, errors="coerce")
-    bad = numeric.isna() | (numeric != numeric.round())
-    if bad.any():
-        i = int(bad.to_numpy().nonzero()[0][0])
-        raise UserError(f"{csv_path}: row {i + 2}: wav_filesize {sizes.iloc[i]!r} is not a whole number")
-    base = csv_path.resolve().parent
-    out = pd.DataFrame({
-        "wav_filename": [os.path.normpath(base / name) for name in rows["wav_filename"]],  # absolute kept
-        "wav_filesize": numeric.astype("int64"),
-        "transcript": rows["transcript"],
-        "row": np.arange(2, len(rows) + 2),  # line in the CSV, for messages
-    })
-    return out.sort_values("wav_filesize", kind="stable").reset_index(drop=True)
+    frame = csvfile.deepspeech_order(csvfile.read(csv_path), csv_path)
+    return frame.assign(wav_filename=frame["path"])[["wav_filename", "wav_filesize", "transcript", "row"]]
 
 
 def _clip_features(path: str, row: int, csv_path, sample_rate: int, win_len: float, win_step: float):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsflow import UserError
-from dsflow import text
+from dsflow import csvfile, text
 from dsflow.atomic import atomic_open
 from dsflow.audio import CONVERTERS, ConversionError, convert, wav_frames
 from dsflow.log import Progress, log
@@ -35,7 +35,6 @@ SPLITS = ("train", "dev", "test")
 REQUIRED_COLUMNS = ("path", "sentence")
 REASONS = ("label_invalid", "not_in_alphabet", "missing_audio", "conversion_failed", "too_short", "too_long")
 REJECTED_COLUMNS = ("split", "tsv_row", "path", "sentence", "reason", "detail")
-CSV_COLUMNS = ("wav_filename", "wav_filesize", "transcript")
 def wav_path(wav_dir: Path, clip: str) -> Path:
     """Where the WAV of clip `clip` (the TSV's `path`, e.g. common_voice_id_123.mp3) is cached."""
     return wav_dir / (os.path.splitext(os.path.basename(clip))[0] + ".wav")
@@ -200,12 +199,8 @@ def import_cv(cv_dir: str | Path, out_dir: str | Path, wav_dir: str | Path, alph
     for split in SPLITS:
         mine = [r for r in rows if r.split == split]
         kept = [r for r in mine if not r.reason]
-        with atomic_open(out_dir / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(CSV_COLUMNS)
-            for r in kept:
-                wav = wav_path(wav_dir, r.path)
-                writer.writerow([os.path.relpath(wav, out_dir), wav.stat().st_size, r.label])
+        wavs = [wav_path(wav_dir, r.path) for r in kept]
+        csvfile.write(out_dir / f"{split}.csv", wavs, [w.stat().st_size for w in wavs], [r.label for r in kept])
         dropped = {reason: sum(r.reason == reason for r in mine) for reason in REASONS}
         imported_frames = sum(r.frames for r in kept)
         total_frames = sum(r.frames for r in mine)

@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from dsflow import UserError
+from dsflow import UserError, csvfile
 from dsflow.alphabet import Alphabet, AlphabetError
 from dsflow.atomic import atomic_path, write_text
 from dsflow.log import log
@@ -55,19 +55,13 @@ def tool(name: str) -> str:
 
 def read_sentences(paths: list[str], alphabet: Alphabet) -> list[str]:
     """The normalized sentences of every input file; UserError naming each bad line (up to 20)."""
-    import pandas as pd
-
     sentences, errors = [], []
     for path in [p.strip() for p in paths if p.strip()]:
         if not Path(path).is_file():
             raise UserError(f"{path}: text file does not exist")
         try:
             if path.endswith(".csv"):
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-                if "transcript" not in frame.columns:
-                    raise UserError(f"{path}: a CSV needs a transcript column")
-                # row numbers as the validator counts them: 1-based data rows, the header not counted
-                lines = [(f"row {i}", t) for i, t in enumerate(frame["transcript"], start=1)]
+                lines = [(f"row {row}", t) for _, row, t in csvfile.transcripts([path])]
             else:
                 text = Path(path).read_text(encoding="utf-8")
                 lines = [(f"line {i}", t) for i, t in enumerate(text.splitlines(), start=1)]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsflow import UserError, atomic
+from dsflow import UserError, atomic, csvfile
 from dsflow.alphabet import Alphabet
 from dsflow.config import file_list, window_samples
 from dsflow.log import Progress, log
@@ -52,7 +52,6 @@ REASONS = {
     "sentence_in_train": (WARNING, "the same transcript is in the training set"),
 }
 ACTIONS = {ERROR: "dropped", CONVERT: "converted", FIXED: "fixed", WARNING: "kept"}
-REQUIRED_COLUMNS = ("wav_filename", "transcript")
 
 
 @dataclass(eq=False)  # rows are compared by identity: two rows may hold the same values
@@ -73,28 +72,9 @@ class Row:
 def read_csvs(csvs: list[str]) -> list[Row]:
     rows = []
     for csv in csvs:
-        try:
-            frame = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"{csv}: CSV file does not exist") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"{csv}: not UTF-8 text ({e})") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise UserError(f"{csv}: not a valid CSV file: {e}") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-        if missing:
-            raise UserError(
-                f"{csv}: header must be wav_filename,wav_filesize,transcript; missing {missing}, "
-                f"found {list(frame.columns)}"
-            )
-        if "wav_filesize" not in frame.columns:
-            frame["wav_filesize"] = ""
-        base = os.path.dirname(os.path.abspath(csv))
-        for i, (wav, size, text) in enumerate(
-            zip(frame["wav_filename"], frame["wav_filesize"], frame["transcript"]), start=1
-        ):
-            path = os.path.normpath(os.path.join(base, wav)) if wav else ""
-            rows.append(Row(csv, i, wav, path, size, text))
+        frame = csvfile.read(csv)
+        rows += [Row(csv, row, wav, path, size, text) for row, wav, path, size, text in zip(
+            frame["row"], frame["wav_filename"], frame["path"], frame["wav_filesize"], frame["transcript"])]
     return rows
 
 
@@ -265,12 +245,6 @@ def validate(
         for r in rows for reason, detail in r.problems
     ]
     kept = [r for r in rows if id(r) not in bad_ids]
-    out_dir = os.path.dirname(os.path.abspath(out_csv))
-    validated = pd.DataFrame({
-        "wav_filename": [os.path.relpath(r.path, out_dir) for r in kept],
-        "wav_filesize": [os.path.getsize(r.path) for r in kept],
-        "transcript": [r.transcript for r in kept],
-    })
     hours = sum(r.info.duration for r in kept) / 3600
     result = {
         "split": split,
@@ -296,7 +270,8 @@ def validate(
     atomic.write_text(rejects, pd.DataFrame(table, columns=["csv", "row", "wav_filename", "reason", "action",
                                                              "detail"]).to_csv(sep="\t", index=False))
     atomic.write_text(summary, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    atomic.write_text(out_csv, validated.to_csv(index=False))
+    csvfile.write(out_csv, [r.path for r in kept], [os.path.getsize(r.path) for r in kept],
+                  [r.transcript for r in kept])
     return result
 
 
