@@ -6,7 +6,8 @@ import soundfile as sf
 
 from dsflow import UserError, dataset
 from dsflow.alphabet import Alphabet
-from dsflow.features import mfcc, write_features
+from dsflow.features import write_features
+from dsflow.mfcc import mfcc
 from tests.conftest import DATA, LDC
 
 ALPHABET = Alphabet.from_file(DATA / "alphabet.txt")

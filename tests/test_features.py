@@ -10,7 +10,8 @@ import soundfile as sf
 import tensorflow as tf
 
 from dsflow import UserError, cli
-from dsflow.features import mfcc, read_csv, write_features
+from dsflow.features import read_csv, write_features
+from dsflow.mfcc import mfcc
 from tests.conftest import LDC, ROOT
 
 # Both sides do the same float64 arithmetic and round to float32 at the same two points
@@ -72,7 +73,7 @@ def test_windows_must_be_whole_samples():
     samples, _ = read16("LDC93S1.wav")
     with pytest.raises(ValueError, match="1411.2 samples"):
         mfcc(samples, 44100)  # 32 ms at 44.1 kHz
-    with pytest.raises(ValueError, match="window step"):
+    with pytest.raises(ValueError, match="feature_win_step=20.01 ms"):
         mfcc(samples, 16000, 32, 20.01)
     with pytest.raises(ValueError, match="mono"):
         mfcc(np.stack([samples, samples], axis=1), 16000)
@@ -198,12 +199,12 @@ def test_read_csv_without_filesize_keeps_file_order(tmp_path):
 
 def test_records_are_what_tensorflow_writes(tmp_path):
     """The workers' hand-framed tf.train.Example records: parsed by TF's own parser, framed like TF's writer."""
-    from dsflow.features import _example, _record
+    from dsflow.dataset import example, record
 
     rng = np.random.default_rng(0)
     for frames, transcript in ((0, ""), (1, "a"), (300, "naïve café"), (20000, "x" * 200)):
         features = rng.normal(size=(frames, 26)).astype(np.float32)
-        data = _example(features, transcript, "/data/ü/clip.wav", 1.23)
+        data = example(features, transcript, "/data/ü/clip.wav", 1.23)
         parsed = tf.train.Example.FromString(data)
         expected = tf.train.Example(features=tf.train.Features(feature={
             "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[features.tobytes()])),
@@ -215,7 +216,7 @@ def test_records_are_what_tensorflow_writes(tmp_path):
         assert parsed == expected
         with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
             writer.write(data)
-        assert _record(data) == (tmp_path / "tf.tfrecord").read_bytes()
+        assert record(data) == (tmp_path / "tf.tfrecord").read_bytes()
 
 
 def test_one_or_two_workers_write_the_same_bytes(tmp_path):
@@ -261,3 +262,17 @@ def test_the_features_job_runs_without_tensorflow(tmp_path):
                           text=True, check=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert done.stdout.strip() == "[]"
     assert len(list(records(tmp_path / "out" / "shard-00000.tfrecord"))) == 3
+
+
+def test_spectrogram_then_mfcc_is_mfcc_exactly():
+    """The two ops one at a time (for spectrogram augmentations) give the fused `mfcc` bit for bit, and the
+    spectrogram is DeepSpeech's AudioSpectrogram."""
+    from dsflow.mfcc import mfcc_of_spectrogram, spectrogram
+
+    for name, window, stride in (("LDC93S1.wav", 512, 320), ("LDC93S1_pcms16le_1_8000.wav", 256, 160)):
+        samples, rate = read16(name)
+        power = spectrogram(samples, rate)
+        np.testing.assert_array_equal(mfcc_of_spectrogram(power, rate), mfcc(samples, rate))
+        audio = samples.astype(np.float32)[:, None] / np.float32(32767)
+        ops = tf.raw_ops.AudioSpectrogram(input=audio, window_size=window, stride=stride, magnitude_squared=True)
+        np.testing.assert_allclose(power, ops.numpy()[0], rtol=1e-5, atol=1e-6 * float(power.max()))

@@ -11,7 +11,7 @@ import soundfile as sf
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import export, features, model, transcribe  # noqa: E402
+from dsflow import export, mfcc, model, transcribe  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from tests.conftest import DATA, LDC  # noqa: E402
@@ -35,7 +35,7 @@ def exported(tmp_path_factory):
 def reference(net, wav) -> np.ndarray:
     """The checkpoint network on the whole utterance (training features): softmax probabilities [T, C]."""
     samples, rate = sf.read(wav, dtype="int16")
-    logits = net(features.mfcc(samples, rate)[None]).numpy()[:, 0]
+    logits = net(mfcc.mfcc(samples, rate)[None]).numpy()[:, 0]
     return tf.nn.softmax(logits).numpy()
 
 
@@ -57,7 +57,7 @@ def test_the_graph_mfcc_is_the_training_features(exported):
     audio = samples.astype(np.float32) / np.float32(32767)
     graph = np.concatenate([m.run("mfcc", input_samples=audio[i:i + 512])["mfccs"]
                             for i in range(0, len(audio) - 511, 320)])
-    np.testing.assert_allclose(graph, features.mfcc(samples, 16000), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(graph, mfcc.mfcc(samples, 16000), rtol=0, atol=1e-4)
 
 
 def test_how_the_audio_is_cut_into_blocks_does_not_matter(exported):

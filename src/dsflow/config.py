@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from dsflow.alphabet import Alphabet, AlphabetError
+from dsflow.mfcc import window_samples
 
 SPLITS = ("train", "dev", "test")
 
@@ -68,24 +69,13 @@ def file_list(value: str) -> list[str]:
     return [p.strip() for p in (value or "").split(",") if p.strip()]
 
 
-def window_samples(rate: int, ms: float, name: str) -> int:
-    samples = rate * ms / 1000
-    if samples != int(samples):
-        raise ValueError(
-            f"{name}={ms} ms at audio_sample_rate={rate} Hz is {samples} samples; it must be a whole "
-            "number of samples (DeepSpeech exits on this too)"
-        )
-    return int(samples)
-
-
 def check(config: dict, base: Path = Path(".")) -> list[str]:
     """Errors in a (schema-validated) config that the schema cannot express. Empty list = fine."""
     errors = []
-    for key in ("feature_win_len", "feature_win_step"):
-        try:
-            window_samples(config["audio_sample_rate"], config[key], key)
-        except ValueError as e:
-            errors.append(str(e))
+    try:
+        window_samples(config["audio_sample_rate"], config["feature_win_len"], config["feature_win_step"])
+    except ValueError as e:
+        errors.append(str(e))
     cv = config.get("common_voice_dir", "")
     files = {s: file_list(config.get(f"{s}_files", "")) for s in SPLITS}
     if cv:

@@ -1,35 +1,134 @@
-"""Reading a split's feature shards (written by `dsflow features`) as DeepSpeech's batches.
+"""A features folder: DeepSpeech's MFCC features of one split, in TFRecord shards. This module owns its files,
+writes them (for `dsflow features`) and reads them back as DeepSpeech's batches (for training and evaluation).
 
-DeepSpeech 0.9.3 (util/feeding.py `create_dataset`): no shuffling, every epoch in ascending
-`wav_filesize` order (the order the shards are written in), features zero-padded to the longest
-item of the batch, the last partial batch dropped when training and kept for dev/test.
+  shard-NNNNN.tfrecord  tf.train.Example records (features float32 bytes [T*26], n_frames, transcript,
+                        wav_filename, duration) in DeepSpeech's order, about `shard_seconds` of audio a shard
+  index.csv             wav_filename, wav_filesize, transcript, n_frames, duration, shard (one row a record)
+  meta.json             sample_rate, win_len_ms, win_step_ms, n_input, count, total_seconds, csv, dsflow_version
 
-A batch is a dict:
+Reading follows DeepSpeech 0.9.3 (util/feeding.py `create_dataset`): no shuffling, every epoch in ascending
+`wav_filesize` order (the order the shards are written in), features zero-padded to the longest item of the batch,
+the last partial batch dropped when training and kept for dev/test. A batch is a dict:
   features        float32 [B, T, 26]  zero-padded to the longest in the batch
   feature_lengths int32   [B]
   labels          int32   [B, L]      alphabet indices of the transcript, padded with -1
   label_lengths   int32   [B]
   wav_filename    string  [B]
+The writer needs neither TensorFlow nor pandas at import (the feature worker processes import this module).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
-import pandas as pd
+import google_crc32c
+import numpy as np
 
-from dsflow import UserError
+from dsflow import UserError, __version__
 from dsflow.alphabet import Alphabet
+from dsflow.log import Progress, log
+from dsflow.mfcc import N_INPUT
 
-N_INPUT = 26
+SHARD = "shard-{:05d}.tfrecord"
 INDEX = "index.csv"
 META = "meta.json"
 LABEL_PAD = -1
 
 
-def info(features_dir: str | Path) -> pd.DataFrame:
+# A tf.train.Example in protobuf's wire format (tensorflow/core/example/example.proto and feature.proto),
+# written here so that the feature workers need no TensorFlow (2-4 s to import in each): Example{1: Features},
+# Features{1: map<string, Feature>}, Feature{1: BytesList | 2: FloatList | 3: Int64List}, each list
+# {1: packed values}. tests/test_features.py parses it with TensorFlow's parser.
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:  # tags and most lengths: one byte
+        return _BYTES[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_BYTES = [bytes((i,)) for i in range(0x80)]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): a message, a string or a packed list."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def example(features: np.ndarray, transcript: str, wav_filename: str, duration: float) -> bytes:
+    feature = {
+        "features": _field(1, _field(1, features.astype("<f4").tobytes())),  # bytes_list
+        "n_frames": _field(3, _field(1, _varint(len(features)))),  # int64_list
+        "transcript": _field(1, _field(1, transcript.encode("utf-8"))),
+        "wav_filename": _field(1, _field(1, wav_filename.encode("utf-8"))),
+        "duration": _field(2, _field(1, struct.pack("<f", duration))),  # float_list
+    }
+    return _field(1, b"".join(_field(1, _field(1, key.encode()) + _field(2, value)) for key, value in feature.items()))
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def record(data: bytes) -> bytes:
+    """`data` framed as one TFRecord record: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
+    length = struct.pack("<Q", len(data))
+    return length + _masked_crc(length) + data + _masked_crc(data)
+
+
+def write(folder: Path, rows, batches, meta: dict, shard_seconds: float = 3600.0):
+    """Write a features folder into `folder` (the caller makes it appear atomically): `batches` yields
+    (framed records as one bytes object, [(n_frames, duration, record length), ...]) for `rows` (a DataFrame with
+    wav_filename, wav_filesize, transcript) in their order; `meta` goes into meta.json with the counts. Returns the
+    index."""
+    import pandas as pd
+
+    n_frames, durations, shards = [], [], []
+    shard, file, shard_duration = -1, None, 0.0
+    try:
+        with Progress("features", len(rows), "clips") as progress:
+            for data, sizes in batches:
+                offset = 0
+                for frames, duration, size in sizes:
+                    if file is None or shard_duration >= shard_seconds:
+                        if file is not None:
+                            file.close()
+                        shard, shard_duration = shard + 1, 0.0
+                        file = open(folder / SHARD.format(shard), "wb")
+                    file.write(memoryview(data)[offset:offset + size])
+                    offset += size
+                    shard_duration += duration
+                    n_frames.append(frames)
+                    durations.append(duration)
+                    shards.append(SHARD.format(shard))
+                progress.update(len(sizes))
+    finally:
+        if file is not None:
+            file.close()
+    index = pd.DataFrame({"wav_filename": rows["wav_filename"], "wav_filesize": rows["wav_filesize"],
+                          "transcript": rows["transcript"], "n_frames": n_frames, "duration": durations,
+                          "shard": shards})
+    index.to_csv(folder / INDEX, index=False, encoding="utf-8")
+    (folder / META).write_text(json.dumps({
+        **meta, "n_input": N_INPUT, "count": len(index), "total_seconds": float(index["duration"].sum()),
+        "dsflow_version": __version__}, indent=2) + "\n", encoding="utf-8")
+    log.info("%d clips, %.2f h of audio, %d shards", len(index), index["duration"].sum() / 3600, shard + 1)
+    return index
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def info(features_dir: str | Path):
     """The split's index, in DeepSpeech order: wav_filename, wav_filesize, transcript, n_frames, duration, shard."""
+    import pandas as pd
+
     path = Path(features_dir) / INDEX
     try:
         return pd.read_csv(path, dtype={"wav_filename": str, "transcript": str, "shard": str},
@@ -50,7 +149,7 @@ def _alphabet(alphabet: Alphabet | str | Path) -> Alphabet:
     return alphabet if isinstance(alphabet, Alphabet) else Alphabet.from_file(alphabet)
 
 
-def _check_alphabet(index: pd.DataFrame, alphabet: Alphabet, features_dir) -> None:
+def _check_alphabet(index, alphabet: Alphabet, features_dir) -> None:
     """DeepSpeech refuses transcripts with characters outside the alphabet; so do we, up front, naming them."""
     bad = []
     for wav, text in zip(index["wav_filename"], index["transcript"]):

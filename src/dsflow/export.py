@@ -97,7 +97,7 @@ def streaming_module(net, n_steps: int, metadata: dict):
     """
     import tensorflow as tf
 
-    from dsflow.features import N_INPUT, window_samples
+    from dsflow.mfcc import N_INPUT, window_samples
     from dsflow.model import WINDOW
 
     if n_steps < 1:

@@ -23,9 +23,9 @@ import tensorflow as tf
 
 from dsflow import UserError
 from dsflow.alphabet import Alphabet
+from dsflow.mfcc import N_INPUT
 
-N_INPUT = 26  # MFCC coefficients (DeepSpeech util/config.py)
-N_CONTEXT = 9  # frames of context on each side
+N_CONTEXT = 9  # frames of context on each side: DeepSpeech util/config.py n_context
 WINDOW = 2 * N_CONTEXT + 1
 LN_EPSILON = 1e-12  # tf.contrib.layers.layer_norm's variance_epsilon
 

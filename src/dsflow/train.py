@@ -40,6 +40,7 @@ from dsflow import UserError, __version__, gpu
 from dsflow.atomic import atomic_dir, atomic_open, write_text
 from dsflow.config import cli_bool
 from dsflow.log import Progress, log
+from dsflow.mfcc import N_INPUT
 
 # Counters of the training loop, saved with every checkpoint: name -> initial value (float -> float64).
 STATE = {
@@ -261,7 +262,7 @@ def _nonfinite(losses, names) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- training
 
-def step_functions(net, opt, rates, dtype, n_input: int = 26):
+def step_functions(net, opt, rates, dtype, n_input: int = N_INPUT):
     """The compiled steps: gradients(batch..., seed) -> (per-utterance losses, gradients) without applying
     them (the caller skips the update on a non-finite loss), apply(gradients), evaluate(batch...) -> losses."""
     import tensorflow as tf
@@ -347,7 +348,7 @@ class Trainer:
         self.writers = {k: tf.summary.create_file_writer(str(summary_dir / k)) for k in ("train", "dev")}
         rates = model.dropout_rates(args.dropout_rate, args.dropout_rate2, args.dropout_rate3, args.dropout_rate6)
         self.gradients, self.apply, self.evaluate = step_functions(self.net, self.opt, rates, self.dtype,
-                                                                   dataset.N_INPUT)
+                                                                   N_INPUT)
         self.signal = None
         self.last_save = time.monotonic()
 

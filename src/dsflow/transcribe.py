@@ -4,7 +4,7 @@ The audio goes through the exported model the way DeepSpeech's native client (St
   - audio of another rate, channel count or sample format is first converted with sox (as DeepSpeech's
     client.py did for the 44.1 kHz stereo smoke-test file) to 16-bit mono at the model's sample rate;
   - the audio is read in blocks, and the MFCCs of each block's 32 ms windows (stride 20 ms) are computed by
-    `dsflow.features.mfcc`, the arithmetic of the model's `mfcc` signature (DeepSpeech's AudioSpectrogram + Mfcc
+    `dsflow.mfcc.mfcc`, the arithmetic of the model's `mfcc` signature (DeepSpeech's AudioSpectrogram + Mfcc
     ops, which the native client ran once per window), a block at a time;
   - the MFCC buffer starts with 9 zero frames, each 19 frames make one context window, and every n_steps
     windows make one call of the `acoustic` signature, with the LSTM state carried from call to call;
@@ -34,10 +34,10 @@ import numpy as np
 
 from dsflow import UserError
 from dsflow.decode import LM_ALPHA, LM_BETA
-from dsflow.features import mfcc
 from dsflow.log import log
+from dsflow.mfcc import N_INPUT, mfcc
+from dsflow.model import N_CONTEXT
 
-N_CONTEXT = 9
 BLOCK_SECONDS = 10  # audio read per block
 
 
@@ -130,7 +130,7 @@ class Stream:
     def __init__(self, model: ExportedModel):
         self.model = model
         self.audio = np.zeros(0, np.int16)
-        self.frames = [np.zeros(26, np.float32)] * N_CONTEXT  # the native client's 9 leading zero frames
+        self.frames = [np.zeros(N_INPUT, np.float32)] * N_CONTEXT  # the native client's 9 leading zero frames
         self.windows: list[np.ndarray] = []
         self.c = np.zeros([1, model.n_hidden], np.float32)
         self.h = np.zeros([1, model.n_hidden], np.float32)
@@ -138,7 +138,7 @@ class Stream:
 
     def feed(self, samples: np.ndarray) -> None:
         audio = np.concatenate([self.audio, np.asarray(samples, np.int16)])
-        # the MFCCs of every whole window in the buffer (none if it is shorter than one): dsflow.features.mfcc is
+        # the MFCCs of every whole window in the buffer (none if it is shorter than one): dsflow.mfcc.mfcc is
         # the arithmetic of the model's `mfcc` signature (DeepSpeech's ops; tests/test_transcribe.py checks it), on
         # a block at a time instead of a graph call per 20 ms; /32767 in float32 like the training features
         frames = mfcc(audio, self.model.sample_rate, self.model.win_len, self.model.win_step)
@@ -156,7 +156,7 @@ class Stream:
 
     def _run_chunk(self) -> None:
         n = len(self.windows)
-        batch = np.zeros([1, self.model.n_steps, 2 * N_CONTEXT + 1, 26], np.float32)  # zero windows pad the tail
+        batch = np.zeros([1, self.model.n_steps, 2 * N_CONTEXT + 1, N_INPUT], np.float32)  # zero windows pad the tail
         batch[0, :n] = self.windows
         out = self.model.run("acoustic", input_node=batch, previous_state_c=self.c, previous_state_h=self.h)
         self.c, self.h = out["new_state_c"], out["new_state_h"]
@@ -165,7 +165,7 @@ class Stream:
 
     def finish(self) -> np.ndarray:
         for _ in range(N_CONTEXT):  # the native client's 9 trailing zero frames
-            self._push_frame(np.zeros(26, np.float32))
+            self._push_frame(np.zeros(N_INPUT, np.float32))
         if self.windows:
             self._run_chunk()
         return np.concatenate(self.probs) if self.probs else np.zeros([0, self.model.n_classes], np.float32)

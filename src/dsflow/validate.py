@@ -27,9 +27,10 @@ import pandas as pd
 
 from dsflow import UserError, atomic, csvfile
 from dsflow.alphabet import Alphabet
-from dsflow.config import file_list, window_samples
-from dsflow.log import Progress, log
+from dsflow.config import file_list
 from dsflow.audio import PCM16, ConversionError, NotWav, WavInfo, convert, probe
+from dsflow.log import Progress, log
+from dsflow.mfcc import n_frames, window_samples
 
 ERROR, CONVERT, FIXED, WARNING = "error", "convert", "fixed", "warning"
 REASONS = {
@@ -81,10 +82,6 @@ def read_csvs(csvs: list[str]) -> list[Row]:
 def ctc_min_frames(labels: str) -> int:
     """Frames CTC needs: one per label plus a blank between each pair of repeated labels."""
     return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
-
-
-def n_frames(samples: int, window: int, step: int) -> int:
-    return 0 if samples < window else 1 + (samples - window) // step
 
 
 def _probe_file(row: Row) -> None:
@@ -171,8 +168,7 @@ def validate(
     train_csvs: list[str] = (),
     threads: int = 1,
 ) -> dict:
-    window = window_samples(sample_rate, win_len_ms, "feature_win_len")
-    step = window_samples(sample_rate, win_step_ms, "feature_win_step")
+    window, step = window_samples(sample_rate, win_len_ms, win_step_ms)
     rows = read_csvs(csvs)
     log.info("validating %s: %d rows from %s", split, len(rows), ", ".join(csvs))
 
