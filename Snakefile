@@ -10,7 +10,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# Your settings; with no data set, the demo's (config/demo.yaml). rules/common.smk resolves and checks them.
 configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
 
 
 # Used with --sdm apptainer only (see containers/ and the README); ignored otherwise.
@@ -21,7 +25,6 @@ container: config["container_image"]
 report: "report/workflow.rst"
 
 
-include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/import.smk"
 include: "rules/validate.smk"
@@ -36,14 +39,7 @@ include: "rules/export.smk"
 rule all:
     default_target: True
     input:
-        expand("results/features/{split}", split=SPLITS),
-        CHECKPOINT_DIR if "train" in SPLITS else [],
-        "results/evaluate/report.md" if EVALUATE else [],
-        # For the report: the training curves, evaluation and validation pages.
-        "results/report/training.png" if "train" in SPLITS else [],
-        "results/report/evaluation.html" if EVALUATE else [],
-        "results/report/validation.html",
-        EXPORT_DIR if EXPORT_DIR and "train" in SPLITS else [],
+        final_outputs(),
 
 
 onsuccess:
@@ -57,3 +53,7 @@ onsuccess:
             print(f"{what}: {os.path.abspath(path)}")
     if EXPORT_DIR and os.path.exists(EXPORT_DIR):
         print(f"Transcribe audio with: dsflow transcribe {EXPORT_DIR} FILE.wav ...")
+    elif TRAIN and not EXPORT_DIR:
+        print(
+            "No export: export_dir is empty (DeepSpeech's default); set it to export the model."
+        )

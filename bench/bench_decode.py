@@ -25,9 +25,9 @@ def model_probs(checkpoint: str, features: str, batch_size: int = 16):
     """(softmax probabilities [T, C] per utterance, reference transcripts, alphabet) of a features folder."""
     import numpy as np
 
-    from dsflow import dataset, model
+    from dsflow import checkpoints, dataset, model
 
-    net = model.load(checkpoint, "auto")
+    net = checkpoints.load_model(checkpoint, "auto")
     index = dataset.info(features)
     probs = []
     for batch in dataset.load(features, net.alphabet, batch_size, train=False):

@@ -1,68 +1,60 @@
-# Shared helpers. Config checks that the schema cannot express, and where each split's CSVs come from.
+# Every global of the workflow, the input functions, and the list of final outputs (final_outputs()).
 import dsflow.config as dscfg
+import dsflow.deps as dsdeps
+import dsflow.flags as dsflags
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-# `--config scorer_path=` / `--config early_stop=false`: read them as the schema types them.
-dscfg.coerce_cli_values(config)
-validate(config, "../config/config.schema.yaml")
-_errors = dscfg.check(config)
-if _errors:
+# Your keys, the demo's tuning (for the demo only) or DeepSpeech's defaults; one line per problem, before any job.
+_problems = dscfg.resolve(config)
+if _problems:
     raise WorkflowError(
         "the configuration has problems (config/config.yaml, --configfile or --config):\n  - "
-        + "\n  - ".join(_errors)
+        + "\n  - ".join(_problems)
     )
 
 CV_DIR = config["common_voice_dir"]
-SPLITS = (
-    [s for s in dscfg.SPLITS]
-    if CV_DIR
-    else [s for s in dscfg.SPLITS if dscfg.file_list(config[f"{s}_files"])]
-)
+SPLITS = [s for s in dscfg.SPLITS if CV_DIR or dsflags.file_list(config[f"{s}_files"])]
 LOGS = "results/logs"
-EVALUATE = {"train", "test"} <= set(
-    SPLITS
+TRAIN = "train" in SPLITS
+EVALUATE = (
+    TRAIN and "test" in SPLITS
 )  # a model to train and a test set to evaluate it on
 CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
+EXPORT_DIR = config["export_dir"]  # DeepSpeech: an empty export_dir means no export
 # The decoder's language model: the user's scorer_path, or the one built from the training transcripts.
 SCORER = config["scorer_path"] or ("results/lm/lm.binary" if config["build_lm"] else "")
-# DeepSpeech's training flags that `dsflow train` takes under the same names.
-TRAIN_FLAGS = [
-    "epochs",
-    "learning_rate",
-    "beta1",
-    "beta2",
-    "epsilon",
-    "dropout_rate",
-    "dropout_rate2",
-    "dropout_rate3",
-    "dropout_rate6",
-    "relu_clip",
-    "n_hidden",
-    "layer_norm",
-    "random_seed",
-    "train_batch_size",
-    "dev_batch_size",
-    "automatic_mixed_precision",
-    "checkpoint_secs",
-    "max_to_keep",
-    "load_train",
-    "early_stop",
-    "es_epochs",
-    "es_min_delta",
-    "reduce_lr_on_plateau",
-    "plateau_epochs",
-    "plateau_reduction",
-]
+
+
+wildcard_constraints:
+    split="train|dev|test",
 
 
 def split_csvs(split):
     """The CSV files of a split (written by import_cv, or the user's *_files)."""
     if CV_DIR:
         return [f"results/import/{split}.csv"]
-    return dscfg.file_list(config[f"{split}_files"])
+    return dsflags.file_list(config[f"{split}_files"])
 
 
-def code(*modules):
-    """Package modules that a job runs, to be listed as its inputs (Snakemake does not track imports)."""
-    return [f"src/dsflow/{m}.py" for m in modules]
+def code(command):
+    """The package files a `dsflow COMMAND` job runs (its import closure), as inputs: Snakemake does not follow
+    imports, and an edit of any of them must re-run the job."""
+    return dsdeps.command_code("src/dsflow", command)
+
+
+def final_outputs():
+    """What `snakemake` with no target makes."""
+    outputs = expand("results/features/{split}", split=SPLITS)
+    if TRAIN:
+        outputs.append(CHECKPOINT_DIR)
+    if EVALUATE:
+        outputs.append("results/evaluate/report.md")
+    if TRAIN and EXPORT_DIR:
+        outputs.append(EXPORT_DIR)
+    # the report's figures and pages
+    outputs.append("results/report/validation.html")
+    if TRAIN:
+        outputs.append("results/report/training.png")
+    if EVALUATE:
+        outputs.append("results/report/evaluation.html")
+    return outputs

@@ -2,7 +2,7 @@ rule demo_corpus:
     """The bundled demo corpus: Harvard sentences spoken by espeak-ng, laid out like a Common Voice release."""
     input:
         text="data/text/harvard_sentences.txt",
-        code=code("demo"),
+        code=code("demo-corpus"),
     output:
         directory(dscfg.DEMO_CV_DIR),
     log:

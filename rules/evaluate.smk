@@ -4,7 +4,7 @@ rule evaluate:
         checkpoint=CHECKPOINT_DIR,
         test="results/features/test",
         scorer=SCORER or [],
-        code=code("evaluate", "model", "decode", "dataset"),
+        code=code("evaluate"),
     output:
         report="results/evaluate/report.md",
         samples="results/evaluate/test_output.json",
@@ -18,22 +18,8 @@ rule evaluate:
         gpu=1,
         gpu_model=config["gpu_model"],
     params:
-        load=config["load_evaluate"],
-        batch=config["test_batch_size"],
-        report_count=config["report_count"],
-        decoder=" ".join(
-            f"--{k} {config[k]}"
-            for k in (
-                "beam_width",
-                "lm_alpha",
-                "lm_beta",
-                "cutoff_prob",
-                "cutoff_top_n",
-                "beam_threshold",
-            )
-        ),
+        flags=dsflags.render("evaluate", config),
     shell:
-        "dsflow --log {log} evaluate --checkpoint_dir {input.checkpoint:q} --test_features {input.test}"
-        " --load_evaluate {params.load} --test_batch_size {params.batch} --report_count {params.report_count}"
-        " --test_output_file {output.samples} --report {output.report} --metrics {output.metrics}"
-        " --threads {threads} --scorer_path={input.scorer:q} {params.decoder}"
+        "dsflow --log {log} evaluate {params.flags} --checkpoint_dir {input.checkpoint:q}"
+        " --test_features {input.test} --scorer_path={input.scorer:q} --test_output_file {output.samples}"
+        " --report {output.report} --metrics {output.metrics} --threads {threads}"

@@ -3,7 +3,7 @@ rule import_cv:
     input:
         cv=CV_DIR or [],
         alphabet=config["alphabet_config_path"],
-        code=code("importer", "text", "alphabet"),
+        code=code("import-cv"),
     output:
         csv=expand("results/import/{split}.csv", split=dscfg.SPLITS),
         rejects="results/import/rejected.tsv",
@@ -14,13 +14,7 @@ rule import_cv:
     params:
         # Converted WAVs are a cache, not an output: Snakemake would delete them before a re-run.
         wav_dir="results/cache/import_wav",
-        normalize="--normalize" if config["import_normalize"] else "",
-        filter_alphabet=(
-            "" if config["import_filter_alphabet"] else "--no-filter-alphabet"
-        ),
-        max_secs=config["import_max_secs"],
-        rate=config["audio_sample_rate"],
+        flags=dsflags.render("import-cv", config),
     shell:
-        "dsflow --log {log} import-cv --cv-dir {input.cv:q} --out-dir results/import --wav-dir {params.wav_dir}"
-        " --alphabet {input.alphabet:q} {params.normalize} {params.filter_alphabet} --max-secs {params.max_secs}"
-        " --sample-rate {params.rate} --threads {threads}"
+        "dsflow --log {log} import-cv {params.flags} --cv_dir {input.cv:q} --out_dir results/import"
+        " --wav_dir {params.wav_dir} --alphabet_config_path {input.alphabet:q} --threads {threads}"

@@ -3,14 +3,14 @@ rule lm:
     input:
         text="results/validate/train.csv",
         alphabet=config["alphabet_config_path"],
-        code=code("lm", "alphabet"),
+        code=code("build-lm"),
     output:
         lm="results/lm/lm.binary",
         words="results/lm/lm.binary.words",
     log:
         f"{LOGS}/lm.log",
     params:
-        order=config["lm_order"],
+        flags=dsflags.render("build-lm", config),
     shell:
-        "dsflow --log {log} build-lm --text {input.text} --alphabet_config_path {input.alphabet:q}"
-        " --order {params.order} --output {output.lm}"
+        "dsflow --log {log} build-lm {params.flags} --text {input.text}"
+        " --alphabet_config_path {input.alphabet:q} --output {output.lm}"

@@ -30,7 +30,7 @@ rule evaluation_page:
     """The evaluation's report (WER/CER table, best/median/worst samples) as an HTML page."""
     input:
         markdown=rules.evaluate.output.report,
-        code=code("pages"),
+        code=code("page"),
     output:
         report(
             "results/report/evaluation.html",
@@ -47,7 +47,7 @@ rule validation_page:
     """The validation summaries of every split as one table."""
     input:
         summaries=expand("results/validate/{split}.summary.json", split=SPLITS),
-        code=code("pages"),
+        code=code("page"),
     output:
         report(
             "results/report/validation.html",

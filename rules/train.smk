@@ -4,7 +4,7 @@ rule train:
         train="results/features/train",
         dev=expand("results/features/{split}", split=["dev"] if "dev" in SPLITS else []),
         alphabet=config["alphabet_config_path"],
-        code=code("train", "model", "schedule", "dataset"),
+        code=code("train"),
     output:
         directory(CHECKPOINT_DIR),
     log:
@@ -17,11 +17,11 @@ rule train:
         gpu_model=config["gpu_model"],
     params:
         # Snakemake deletes a job's outputs before it runs: the resumable state must not be one.
-        # dsflow train keeps it in a subfolder named by the model's shape and the training data.
+        # dsflow train keeps it in a subfolder named by the run's identity (model, data, settings).
         work="results/work/train",
         dev=lambda w, input: ",".join(input.dev),
-        flags=" ".join(f"--{k} {str(config[k]).lower()}" for k in TRAIN_FLAGS),
+        flags=dsflags.render("train", config),
     shell:
-        "dsflow --log {log} train --train_features {input.train} --dev_features={params.dev}"
+        "dsflow --log {log} train {params.flags} --train_features {input.train} --dev_features={params.dev}"
         " --alphabet_config_path {input.alphabet:q} --checkpoint_dir {output:q} --work_dir {params.work}"
-        " {params.flags} --threads {threads}"
+        " --threads {threads}"

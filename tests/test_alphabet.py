@@ -2,7 +2,8 @@ import struct
 
 import pytest
 
-from dsflow.alphabet import Alphabet, AlphabetError, generate
+from dsflow.alphabet import Alphabet, AlphabetError
+from dsflow.characters import generate
 from dsflow.cli import main
 from tests.conftest import DATA
 

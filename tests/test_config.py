@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from dsflow import config as dscfg
+from dsflow import flags as dsflags
 from tests.conftest import ROOT
 from tests.workflow import snakemake, workdir
 
@@ -28,29 +29,51 @@ DEEPSPEECH_DEFAULTS = {
 
 
 def test_schema_defaults_are_deepspeechs():
-    defaults = dscfg.defaults()
+    defaults = dsflags.defaults()
     for key, value in DEEPSPEECH_DEFAULTS.items():
         assert defaults[key] == value, key
 
 
-def test_shipped_config_has_every_key_and_states_the_default_on_its_line():
-    schema = dscfg.load_schema()
-    text = (ROOT / "config" / "config.yaml").read_text()
-    config = yaml.safe_load(text)
-    assert set(config) == set(schema["properties"])
-    for key, prop in schema["properties"].items():
-        line = re.search(rf"^{key}: (.*)$", text, re.M).group(1)
-        stated = re.search(r"# (?:\[dsflow\] |DeepSpeech (?:master )?)default: (.*?)(?: \(|$)", line)
-        assert stated, f"config.yaml line of {key} does not state the default"
-        assert yaml.safe_load(stated.group(1)) == prop["default"], key
-
-
-def test_config_readme_documents_every_key():
+def test_shipped_config_files_are_generated_from_the_schema():
+    """config.yaml lists every key with DeepSpeech's default (the data keys set, the rest commented out);
+    README.md documents every key; demo.yaml only holds valid keys whose values differ from the defaults."""
+    assert (ROOT / "config" / "config.yaml").read_text() == dscfg.config_yaml()
     assert (ROOT / "config" / "README.md").read_text() == dscfg.markdown()
+    text = (ROOT / "config" / "config.yaml").read_text()
+    props = dsflags.properties()
+    for key, prop in props.items():
+        line = re.search(rf"^(?:# )?{key}: (.*?)  # ", text, re.M)
+        assert line and yaml.safe_load(line.group(1)) == prop["default"], key
+    assert yaml.safe_load(text) == {k: "" for k in dscfg.DATA_KEYS}
+    demo = dscfg.demo_values()
+    assert set(demo) <= set(props) and all(demo[k] != props[k]["default"] for k in demo)
+
+
+def test_the_demos_tuning_applies_to_the_demo_only():
+    demo = {}
+    assert dscfg.resolve(demo, base=ROOT) == []
+    assert demo["common_voice_dir"] == dscfg.DEMO_CV_DIR and demo["n_hidden"] == 256 and demo["epochs"] == 12
+    assert demo["learning_rate"] == 0.001  # not in demo.yaml: DeepSpeech's default
+    mine = {"n_hidden": 64, "common_voice_dir": ""}  # the demo with one key of yours
+    assert dscfg.resolve(mine, base=ROOT) == []
+    assert mine["n_hidden"] == 64 and mine["epochs"] == 12 and mine["common_voice_dir"] == dscfg.DEMO_CV_DIR
+    own = {"train_files": "data/ldc93s1/ldc93s1.csv", "epochs": 3, "common_voice_dir": ""}
+    assert dscfg.resolve(own, base=ROOT) == []
+    assert own == {**dsflags.defaults(), "train_files": "data/ldc93s1/ldc93s1.csv", "epochs": 3}
+
+
+def test_each_problem_is_one_line_with_the_key_value_and_what_is_allowed():
+    config = {"n_hiden": 64, "n_hidden": 0, "early_stop": "maybe", "train_files": "data/ldc93s1/ldc93s1.csv"}
+    problems = dscfg.resolve(config, base=ROOT)
+    assert problems == [
+        "n_hiden: not a configuration key (did you mean n_hidden?)",
+        "n_hidden=0: 0 is less than the minimum of 1; allowed: integer, >= 1 (DeepSpeech's default: 2048)",
+        "early_stop='maybe': 'maybe' is not of type 'boolean'; allowed: boolean (DeepSpeech's default: False)",
+    ]
 
 
 def test_check_catches_what_the_schema_cannot(tmp_path):
-    config = dscfg.defaults()
+    config = dsflags.defaults()
     config.update(train_files="nope.csv,data/ldc93s1/ldc93s1.csv", feature_win_len=31.99)
     errors = dscfg.check(config, base=ROOT)
     assert any("'nope.csv' does not exist" in e for e in errors)
@@ -72,17 +95,19 @@ SMOKE = ["common_voice_dir=", "train_files=data/ldc93s1/ldc93s1.csv", "test_file
 
 
 @pytest.mark.parametrize("override, message", [
-    ("plateau_reduction=1.5", r"plateau_reduction.*must be > 0 and < 1"),
-    ("n_hidden=0", r"0 is less than the minimum of 1"),
-    ("validation_policy=maybe", r"'maybe' is not one of \['drop', 'fail'\]"),
+    ("plateau_reduction=1.5", r"plateau_reduction=1.5: 1.5 is greater than or equal to the maximum of 1; allowed: "
+                              r"number, > 0, < 1 \(DeepSpeech's default: 0.1\)"),
+    ("n_hidden=0", r"n_hidden=0: 0 is less than the minimum of 1"),
+    ("validation_policy=maybe", r"validation_policy='maybe': 'maybe' is not one of \['drop', 'fail'\]"),
     ("train_files=missing/train.csv", r"train_files: 'missing/train.csv' does not exist"),
     ("feature_win_step=20.01", r"feature_win_step=20.01 ms at audio_sample_rate=16000 Hz is 320.16"),
-    ("no_such_flag=1", r"Additional properties are not allowed \('no_such_flag' was unexpected\)"),
+    ("n_hiden=64", r"n_hiden: not a configuration key \(did you mean n_hidden\?\)"),
 ])
 def test_invalid_config_is_refused_before_any_job(wf, override, message):
     done = snakemake(wf, "-n", "--config", *SMOKE, override, check=False)
     assert done.returncode != 0
-    assert re.search(message, done.stdout, re.S), done.stdout[-2000:]
+    assert re.search(r"^  - " + message, done.stdout, re.M), done.stdout[-2000:]
+    assert "properties:" not in done.stdout and len(done.stdout.splitlines()) < 15, done.stdout  # no schema dump
     assert not (wf / "results").exists()
 
 

@@ -24,7 +24,7 @@ LIMIT, TAKES = 1, 2  # 10 sentences a split, 2 takes: 60 clips
 
 
 def _build(out, *extra):
-    return main(["demo-corpus", "--text", str(TEXT), "--out", str(out), "--limit-lists", str(LIMIT),
+    return main(["demo-corpus", "--text", str(TEXT), "--out", str(out), "--limit_lists", str(LIMIT),
                  "--takes", str(TAKES), "--threads", "2", *extra])
 
 

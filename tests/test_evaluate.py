@@ -5,7 +5,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import UserError, dataset, features, model  # noqa: E402
+from dsflow import UserError, checkpoints, dataset, features, model  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.decode import greedy  # noqa: E402
 from dsflow.evaluate import KEYS, corpus_rates, report, sample_result, sections, sort_samples  # noqa: E402
@@ -97,7 +97,7 @@ def test_cli_end_to_end_on_a_tiny_checkpoint(tmp_path, checkpoint):
     assert out.read_text().startswith('[\n  {\n    "wav_filename": ')  # indent=2
 
     # Every number recomputed here, utterance by utterance, from the model and the references.
-    net = model.load(checkpoint, "last")
+    net = checkpoints.load_model(checkpoint, "last")
     expected = {}
     for d in (one, two):
         for batch in dataset.load(d, net.alphabet, 1, train=False):

@@ -7,7 +7,7 @@ from rapidfuzz.distance import Levenshtein
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import dataset, export, features, importer, model, transcribe  # noqa: E402
+from dsflow import checkpoints, dataset, export, features, importer, model, transcribe  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.decode import greedy  # noqa: E402
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     characters, exported with `dsflow export` twice: quantized TFLite (DeepSpeech's) and float TFLite."""
     tmp = tmp_path_factory.mktemp("trained")
     assert main(["demo-corpus", "--text", str(DATA / "text/harvard_sentences.txt"), "--out", str(tmp / "cv"),
-                 "--limit-lists", "1", "--takes", "2", "--threads", "2"]) == 0
+                 "--limit_lists", "1", "--takes", "2", "--threads", "2"]) == 0
     importer.import_cv(tmp / "cv", tmp / "import", tmp / "wav", threads=2)
     for split in ("train", "test"):
         features.write_features(tmp / "import" / f"{split}.csv", tmp / "features" / split, threads=2)
@@ -60,7 +60,7 @@ TRAIN = ["--n_hidden", "32", "--epochs", "30", "--learning_rate", "0.002", "--tr
 @pytest.fixture(scope="module")
 def expected(trained) -> dict:
     """Greedy transcripts of the test set by the checkpoint network (as `dsflow evaluate` decodes)."""
-    net = model.load(trained / "ckpt", "best")
+    net = checkpoints.load_model(trained / "ckpt", "best")
     out = {}
     for batch in dataset.load(trained / "features/test", net.alphabet, 1, train=False):
         logits = net(batch["features"]).numpy()[:, 0]
@@ -130,11 +130,3 @@ def test_an_interrupted_export_leaves_nothing_that_looks_finished(tmp_path, monk
 def test_cli_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint_dir", str(tmp_path), "--export_dir", str(tmp_path / "out")]) == 2
     assert "no features.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
-
-
-def test_every_export_flag_is_a_config_key():
-    import yaml
-
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    flags = set(vars(export.options())) - {"func", "checkpoint_dir"}
-    assert flags <= set(config), flags - set(config)

@@ -110,8 +110,8 @@ def test_sorted_by_filesize_then_csv_order_and_sharded_by_seconds(tmp_path):
     sizes = [500, 100, 300, 100, 200, 300, 50, 400]  # ties: rows 1 & 3, rows 2 & 5
     csv = make_split(tmp_path / "data", sizes)
     out = tmp_path / "features" / "train"
-    assert cli.main(["features", "--csv", str(csv), "--out-dir", str(out), "--threads", "2",
-                     "--shard-seconds", "3"]) == 0
+    assert cli.main(["features", "--csv", str(csv), "--out_dir", str(out), "--threads", "2",
+                     "--shard_seconds", "3"]) == 0
     index = pd.read_csv(out / "index.csv", keep_default_na=False)
     order = [6, 1, 3, 4, 2, 5, 7, 0]
     assert index.transcript.tolist() == [f"clip {i}" for i in order]
@@ -166,7 +166,7 @@ def test_corrupt_wav_fails_naming_it_and_leaves_nothing(tmp_path, capsys):
     # an earlier complete output stays as it was; the CLI reports the error and exits 2
     out.mkdir(parents=True)
     (out / "index.csv").write_text("old\n")
-    assert cli.main(["features", "--csv", str(csv), "--out-dir", str(out)]) == 2
+    assert cli.main(["features", "--csv", str(csv), "--out_dir", str(out)]) == 2
     assert "sub/clip3.wav: cannot read the audio" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "features").iterdir()] == ["dev"]
     assert (out / "index.csv").read_text() == "old\n"

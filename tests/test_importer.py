@@ -84,8 +84,8 @@ def cv_release(tmp_path_factory):
 def _run(cv, tmp_path, *extra, name="out"):
     """`dsflow import-cv` with the alphabet, 2 threads: (exit status, out dir, wav dir, its log)."""
     out, wavs, logfile = tmp_path / name, tmp_path / "wavs", tmp_path / f"{name}.log"
-    rc = main(["--log", str(logfile), "import-cv", "--cv-dir", str(cv), "--out-dir", str(out),
-               "--wav-dir", str(wavs), "--alphabet", str(ALPHABET), "--threads", "2", *extra])
+    rc = main(["--log", str(logfile), "import-cv", "--cv_dir", str(cv), "--out_dir", str(out),
+               "--wav_dir", str(wavs), "--alphabet_config_path", str(ALPHABET), "--threads", "2", *extra])
     return rc, out, wavs, logfile.read_text()
 
 
@@ -152,7 +152,7 @@ def test_normalize_rerun_reuses_wavs(cv_release, tmp_path):
     rc, out, wavs, _ = _run(cv_release, tmp_path)
     assert rc == 0
     mtimes = {p.name: p.stat().st_mtime_ns for p in wavs.iterdir()}
-    rc, out2, _, log = _run(cv_release, tmp_path, "--normalize", name="out2")
+    rc, out2, _, log = _run(cv_release, tmp_path, "--import_normalize", "true", name="out2")
     assert rc == 0
     # the 5 WAVs are reused as they are; accent.mp3 (its label passes now) is converted and the
     # corrupt and empty MP3s are tried again
@@ -165,8 +165,8 @@ def test_normalize_rerun_reuses_wavs(cv_release, tmp_path):
 
 def test_no_alphabet_filter(cv_release, tmp_path):
     out, wavs = tmp_path / "out", tmp_path / "wavs"
-    assert main(["import-cv", "--cv-dir", str(cv_release), "--out-dir", str(out), "--wav-dir", str(wavs),
-                 "--no-filter-alphabet", "--threads", "1"]) == 0
+    assert main(["import-cv", "--cv_dir", str(cv_release), "--out_dir", str(out), "--wav_dir", str(wavs),
+                 "--import_filter_alphabet", "false", "--threads", "1"]) == 0
     assert "café au lait" in set(_read(out / "train.csv").transcript)
 
 
@@ -259,9 +259,9 @@ def test_tsv_without_columns_is_user_error(cv_release, tmp_path):
 
 def test_alphabet_required_unless_filter_off(cv_release, tmp_path):
     logfile = tmp_path / "log"
-    assert main(["--log", str(logfile), "import-cv", "--cv-dir", str(cv_release), "--out-dir", str(tmp_path / "o"),
-                 "--wav-dir", str(tmp_path / "w")]) == 2
-    assert "give --alphabet FILE, or --no-filter-alphabet" in logfile.read_text()
+    assert main(["--log", str(logfile), "import-cv", "--cv_dir", str(cv_release), "--out_dir", str(tmp_path / "o"),
+                 "--wav_dir", str(tmp_path / "w")]) == 2
+    assert "give --alphabet_config_path FILE, or --import_filter_alphabet false" in logfile.read_text()
     assert not (tmp_path / "o").exists()
 
 

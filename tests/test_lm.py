@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("flashlight.lib.text")
 
-from dsflow import UserError, lm  # noqa: E402
+from dsflow import UserError, flags, lm  # noqa: E402
 from dsflow import config as dscfg  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
@@ -68,7 +68,7 @@ def test_build_lm_names_the_bad_line_and_reads_csv_transcripts(tmp_path):
 
 
 def test_config_check_loads_the_scorer(tmp_path):
-    config = dscfg.defaults()
+    config = flags.defaults()
     config.update(train_files="data/ldc93s1/ldc93s1.csv", scorer_path=str(tmp_path / "missing.binary"))
     assert any("missing.binary does not exist" in e for e in dscfg.check(config, base=ROOT))
     junk = tmp_path / "junk.arpa"
@@ -81,7 +81,7 @@ def test_config_check_loads_the_scorer(tmp_path):
 
 @needs_kenlm
 def test_config_check_accepts_a_good_scorer(vocab_lm):
-    config = dscfg.defaults()
+    config = flags.defaults()
     config.update(train_files="data/ldc93s1/ldc93s1.csv", scorer_path=str(vocab_lm / "lm.binary"))
     assert dscfg.check(config, base=ROOT) == []
 

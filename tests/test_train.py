@@ -11,10 +11,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import dataset, features, model  # noqa: E402
+from dsflow import checkpoints, dataset, features, model  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.decode import greedy  # noqa: E402
-from tests.conftest import DATA, LDC  # noqa: E402
+from tests.conftest import DATA, LDC, ROOT  # noqa: E402
 
 ALPHABET = str(DATA / "alphabet.txt")
 LDC_TEXT = "she had your dark suit in greasy wash water all year"
@@ -74,7 +74,7 @@ def test_ldc93s1_smoke_test_overfits_to_the_exact_transcript(tmp_path, ldc_featu
                                                      "--learning_rate", 0.001, "--dropout_rate", 0.05,
                                                      "--train_batch_size", 1, "--dev_batch_size", 1,
                                                      dev=ldc_features)) == 0
-        net = model.load(out)  # best_dev
+        net = checkpoints.load_model(out)  # best_dev
         batch = next(iter(dataset.load(ldc_features, net.alphabet, 1, train=False)))
         text = greedy(net(batch["features"]).numpy()[:, 0], int(batch["feature_lengths"][0]), net.alphabet)
         print(f"LDC93S1 after {epochs} epochs ({time.monotonic() - start:.0f} s): {text!r}")
@@ -91,7 +91,7 @@ def test_nonfinite_loss_names_the_files_and_skips_the_update(tmp_path):
     wav = tmp_path / "bad" / "clip000.wav"
     text = log.read_text()
     assert f"E The following files caused an infinite (or NaN) loss: {wav} (update skipped)" in text
-    trained, fresh = model.load(out, "last"), model.DeepSpeech(16, 29, seed=4568)
+    trained, fresh = checkpoints.load_model(out, "last"), model.DeepSpeech(16, 29, seed=4568)
     for a, b in zip(trained.trainable_variables, fresh.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert variable(trained.checkpoint, "optimizer/_iterations") == 0
@@ -116,10 +116,10 @@ def test_changed_n_hidden_or_training_set_gets_a_fresh_work_dir_and_never_loads_
     assert {p: p.stat().st_mtime_ns for p in files} == files  # the first run's state untouched
     # A WORK whose run.json is not this run's identity (say, copied by hand) is refused, not loaded.
     run = json.loads((first / "run.json").read_text())
-    (first / "run.json").write_text(json.dumps({**run, "n_hidden": 32}))
+    (first / "run.json").write_text(json.dumps({**run, "model": {**run["model"], "n_hidden": 32}}))
     assert main(["--log", str(log)] + train_args(ldc_features, work, tmp_path / "out16", "--n_hidden", 16,
                                                  "--epochs", 2)) == 2
-    assert "n_hidden: 32 there, 16 now" in log.read_text() and "never loaded" in log.read_text()
+    assert "model.n_hidden: 32 there, 16 now" in log.read_text() and "never loaded" in log.read_text()
     assert json.loads((tmp_path / "out16" / "flags.json").read_text())["epochs"] == 1  # output untouched
 
 
@@ -140,11 +140,11 @@ def test_epochs_is_the_total_and_a_finished_run_republishes(tmp_path, ldc_featur
     assert run(2) == 0
     assert "2 epochs trained (--epochs 2); publishing" in log.read_text()
     assert sorted(p.name for p in out.iterdir()) == first  # the same checkpoints, nothing retrained
-    assert run(3, "--learning_rate", 0.01) == 0
+    assert run(3, "--checkpoint_secs", 100) == 0  # more epochs, and a setting that does not change the model
     text = log.read_text()
     assert "resuming from" in text and ": epoch 2, step 0, global step 2, Adam iterations 2" in text
-    assert "keeping the stored learning rate 0.001, not --learning_rate 0.01" in text
-    assert "flags changed since the last run" in text and "epochs 2 -> 3" in text
+    assert "flags changed since the last run" in text and "checkpoint_secs 0.0 -> 100.0" in text
+    assert "epochs 2 -> 3" in text
     rows = metrics(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["0", "1", "2"] and rows[-1]["global_step"] == "3"
     assert {r["learning_rate"] for r in rows} == {"0.001"}
@@ -163,6 +163,16 @@ def test_epochs_is_the_total_and_a_finished_run_republishes(tmp_path, ldc_featur
     assert {"learning_rate", "audio_seconds_per_second", "epoch_seconds"} <= set(train)
     assert dev["loss"] == pytest.approx([float(r["dev_loss"]) for r in rows])
 
+    # A changed hyperparameter gives a model trained with it: a fresh start in a state folder of its own (the
+    # first one is kept, and taken up again when the old value comes back).
+    assert run(3, "--learning_rate", 0.01) == 0
+    assert log.read_text().count("starting from a fresh model") == 2 and len(list(work.iterdir())) == 2
+    assert {r["learning_rate"] for r in metrics(out / "metrics.csv")} == {"0.01"}
+    assert json.loads((out / "flags.json").read_text())["learning_rate"] == 0.01
+    assert run(3) == 0
+    assert "3 epochs trained (--epochs 3); publishing" in log.read_text()
+    assert metrics(out / "metrics.csv") == rows
+
 
 def test_early_stop_ends_training_and_is_remembered(tmp_path, ldc_features):
     work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
@@ -177,40 +187,32 @@ def test_early_stop_ends_training_and_is_remembered(tmp_path, ldc_features):
 
 
 def test_killed_mid_epoch_resumes_with_all_state(tmp_path, ldc_features):
-    """SIGKILL after a timed mid-epoch checkpoint; the re-run continues at the saved epoch and step with the
-    Adam state, learning rate, best dev loss and plateau counter, and ends exactly where an uninterrupted run
-    ends (dropout masks are seeded by the global step, data order is fixed)."""
+    """SIGKILL right after a mid-epoch checkpoint (a checkpoint after every batch: checkpoint_secs tiny; the kill
+    at a logged point, tests/killer.py); the re-run continues at the saved epoch and step with the Adam state,
+    learning rate, best dev loss and plateau counter, and ends exactly where an uninterrupted run ends (dropout
+    masks are seeded by the global step, data order is fixed)."""
     train = make_features(tmp_path, "train", [LDC_TEXT] * 10)
-    extra = ["--n_hidden", 64, "--epochs", 3, "--checkpoint_secs", 0.2, "--threads", 2, "--reduce_lr_on_plateau",
+    extra = ["--n_hidden", 64, "--epochs", 3, "--checkpoint_secs", 1e-9, "--threads", 2, "--reduce_lr_on_plateau",
              "true", "--plateau_epochs", 1, "--es_min_delta", 1e9]  # a plateau after every epoch but the first
     ref_out = tmp_path / "ref_out"
     assert main(train_args(train, tmp_path / "ref_work", ref_out, *extra, dev=ldc_features)) == 0
 
     work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "dsflow", "--log", str(log)] + train_args(train, work, out, *extra, dev=ldc_features)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mid_epoch = re.compile(r"saved \S+/train-\d+ \(epoch 2, step [1-9]")
-    try:
-        deadline = time.monotonic() + 300
-        while not (log.exists() and mid_epoch.search(log.read_text())):
-            assert proc.poll() is None, "training ended before a mid-epoch checkpoint in epoch 2"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    finally:
-        proc.kill()
-        proc.wait()
+    args = ["--log", str(log)] + train_args(train, work, out, *extra, dev=ldc_features)
+    killed = subprocess.run([sys.executable, "-m", "tests.killer", r"saved \S+/train-\d+ \(epoch 2, step 4,", *args],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert killed.returncode == -9
     assert not out.exists()
     latest = tf.train.latest_checkpoint(str(state_dir(work) / "ckpt"))
-    epoch, step = variable(latest, "state/epoch"), variable(latest, "state/step")
-    assert epoch == 2 and 0 < step <= 10  # a timed save may still land after the last batch (step 10)
-    saved = {k: variable(latest, v) for k, v in [("iterations", "optimizer/_iterations"),
-                                                  ("lr", "optimizer/_learning_rate"),
-                                                  ("best", "state/best_dev_loss"),
-                                                  ("counter", "state/epochs_without_improvement")]}
+    state = checkpoints.read_state(latest)
+    epoch, step = state["epoch"], state["step"]
+    assert (epoch, step) == (2, 4)
+    saved = {"iterations": variable(latest, "optimizer/_iterations"), "lr": variable(latest, "optimizer/_learning_rate"),
+             "best": state["best_dev_loss"], "counter": state["epochs_without_improvement"]}
     assert np.isclose(saved["lr"], 1e-4) and saved["counter"] == 1 and np.isfinite(saved["best"])
     killed_log = log.read_text()
 
-    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    assert main(args) == 0
     resumed = log.read_text()[len(killed_log):]
     assert (f"resuming from {latest}: epoch 2, step {step}, global step {10 * 2 + step}, Adam iterations "
             f"{saved['iterations']}, learning rate {saved['lr']:g}, best dev loss {saved['best']:g}, "
@@ -222,7 +224,7 @@ def test_killed_mid_epoch_resumes_with_all_state(tmp_path, ldc_features):
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3, 1e-3, 1e-4], rel=1e-6)
     for r, ref in zip(rows, ref_rows):
         assert float(r["dev_loss"]) == pytest.approx(float(ref["dev_loss"]), rel=1e-4)
-    resumed_net, ref_net = model.load(out, "last"), model.load(ref_out, "last")
+    resumed_net, ref_net = checkpoints.load_model(out, "last"), checkpoints.load_model(ref_out, "last")
     for a, b in zip(resumed_net.trainable_variables, ref_net.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 

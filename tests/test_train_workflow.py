@@ -43,10 +43,10 @@ def epochs_done(wd: Path) -> int:
 
 
 def greedy_transcript(wd: Path) -> str:
-    from dsflow import dataset, model
+    from dsflow import checkpoints, dataset
     from dsflow.decode import greedy
 
-    net = model.load(wd / "results/checkpoints", "best")
+    net = checkpoints.load_model(wd / "results/checkpoints", "best")
     batch = next(iter(dataset.load(wd / "results/features/test", net.alphabet, 1, train=False)))
     return greedy(net(batch["features"]).numpy()[:, 0], int(batch["feature_lengths"][0]), net.alphabet)
 

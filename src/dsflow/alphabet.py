@@ -8,8 +8,6 @@ accepted. The blank label of CTC is *not* in the file: it is index ``len(alphabe
 from __future__ import annotations
 
 import struct
-import unicodedata
-from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -88,6 +86,16 @@ class Alphabet:
             out.append(struct.pack("<HH", i, len(raw)) + raw)
         return b"".join(out)
 
+    @classmethod
+    def deserialize(cls, data: bytes, source: str = "<serialized>") -> "Alphabet":
+        """The inverse of `serialize` (DeepSpeech's Alphabet::Deserialize)."""
+        (count,), pos, labels = struct.unpack_from("<H", data), 2, {}
+        for _ in range(count):
+            key, size = struct.unpack_from("<HH", data, pos)
+            labels[key] = data[pos + 4:pos + 4 + size].decode("utf-8")
+            pos += 4 + size
+        return cls([labels[i] for i in range(count)], source=source)
+
     def to_file_text(self) -> str:
         lines = ["# Each line in this file represents the Unicode codepoint (UTF-8 encoded)",
                  "# associated with a numeric label.",
@@ -96,63 +104,3 @@ class Alphabet:
         lines += ["\\#" + label[1:] if label.startswith("#") else label for label in self.labels]
         lines.append("# The last (non-comment) line needs to end with a newline.")
         return "\n".join(lines) + "\n"
-
-
-def characters_of(transcripts: Iterable[str], unicode_normalize: bool = True) -> tuple[Counter, list[str]]:
-    """Count characters as DeepSpeech's check_characters.py does.
-
-    Returns the character counts and the transcripts that change under NFKC (DeepSpeech exits on
-    those unless `-unicode` is given; we report them).
-    """
-    counts: Counter = Counter()
-    not_nfkc = []
-    for t in transcripts:
-        if unicode_normalize and unicodedata.normalize("NFKC", t) != t:
-            not_nfkc.append(t)
-        counts.update(t)
-    return counts, not_nfkc
-
-
-def generate(transcripts: Iterable[str]) -> Alphabet:
-    """An alphabet of every character of the transcripts, space first, then in codepoint order."""
-    counts, _ = characters_of(transcripts, unicode_normalize=False)
-    chars = sorted(counts)
-    if " " in chars:
-        chars.remove(" ")
-        chars.insert(0, " ")
-    return Alphabet(chars, source="<generated>")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "alphabet",
-        help="list the characters of CSV transcripts / write an alphabet file (DeepSpeech's check_characters.py)",
-    )
-    p.add_argument("--csv", required=True, help="comma-separated CSV files (transcript column)")
-    p.add_argument("--output", help="write an alphabet file here (else print the characters)")
-    p.add_argument("--unicode", action="store_true",
-                   help="accept transcripts that change under NFKC (check_characters.py -unicode)")
-    p.set_defaults(func=_main)
-
-
-def _main(args) -> int:
-    from dsflow import UserError, csvfile
-    from dsflow.config import file_list
-    from dsflow.log import log
-
-    transcripts = [text for _, _, text in csvfile.transcripts(file_list(args.csv))]
-    counts, not_nfkc = characters_of(transcripts)
-    if not_nfkc and not args.unicode:
-        shown = "; ".join(f"{t!r} -> {unicodedata.normalize('NFKC', t)!r}" for t in not_nfkc[:10])
-        raise UserError(
-            f"{len(not_nfkc)} transcripts change under Unicode NFKC normalization (first: {shown}); "
-            "normalize them, or pass --unicode to accept them as they are"
-        )
-    alphabet = generate(transcripts)
-    if args.output:
-        Path(args.output).write_text(alphabet.to_file_text(), encoding="utf-8")
-        log.info("wrote %d labels to %s", len(alphabet), args.output)
-    else:
-        for label in alphabet.labels:
-            print(f"{label!r}\t{counts[label]}")
-    return 0

@@ -1,90 +1,116 @@
-"""The workflow's configuration: DeepSpeech's flags, checked before any job runs."""
+"""The workflow's configuration, resolved and checked when the Snakefile loads, before any job runs.
+
+Where a key's value comes from, first match wins:
+  1. what you set: `--config key=value`, `--configfile my.yaml`, or an uncommented line of config/config.yaml;
+  2. for the bundled demo only (no data set: common_voice_dir, train_files, dev_files and test_files all empty),
+     the demo's tuning in config/demo.yaml;
+  3. DeepSpeech 0.9.3's default (config/config.schema.yaml, where every key is defined: dsflow.flags).
+Every problem is one line naming the key, the value and what is allowed (with the closest key for a typo).
+config/config.yaml and config/README.md are generated from the schema (`dsflow config-doc`), so they list every
+key with its default and meaning.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from pathlib import Path
 
 import yaml
 
+from dsflow import flags
 from dsflow.alphabet import Alphabet, AlphabetError
 from dsflow.mfcc import window_samples
 
 SPLITS = ("train", "dev", "test")
-
-
-def _workflow_root() -> Path:
-    """The folder holding config/: the source tree of an editable install (scripts/setup.sh), else the
-    working directory (Snakemake runs jobs from the workflow's folder)."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        if (root / "config" / "config.schema.yaml").is_file():
-            return root
-    return Path.cwd()
-
-
-ROOT = _workflow_root()
-SCHEMA = ROOT / "config" / "config.schema.yaml"
+DATA_KEYS = ("common_voice_dir", "train_files", "dev_files", "test_files")
+DEMO = flags.ROOT / "config" / "demo.yaml"
 DEMO_CV_DIR = "results/demo/cv-corpus-demo/en"
 
 
-def cli_bool(text) -> bool:
-    """A boolean flag's value on a `dsflow` command line (DeepSpeech's absl booleans: true/false, 1/0, ...)."""
-    import argparse
-
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def load_schema(path: Path = SCHEMA) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def defaults(schema: dict | None = None) -> dict:
-    schema = schema or load_schema()
-    return {k: v.get("default") for k, v in schema["properties"].items()}
-
-
-def coerce_cli_values(config: dict, schema: dict | None = None) -> None:
-    """Read `--config` values as the schema types them.
-
-    `--config key=` gives None: DeepSpeech's empty string for string keys. `--config early_stop=false`
-    gives the string 'false': a boolean for boolean keys (true/false, yes/no, on/off, 1/0, any case).
-    """
-    props = (schema or load_schema())["properties"]
-    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+def coerce_cli_values(config: dict) -> None:
+    """Read `--config` values as the schema types them: `--config key=` gives None, DeepSpeech's empty string for
+    string keys; `--config early_stop=false` gives the string 'false', a boolean for boolean keys (true/false,
+    yes/no, on/off, 1/0, any case); numbers typed as strings in a YAML file stay wrong (and are reported)."""
+    props = flags.properties()
     for key, value in config.items():
         kind = props.get(key, {}).get("type")
         if value is None and kind == "string":
             config[key] = ""
-        elif kind == "boolean" and isinstance(value, (str, int)) and str(value).lower() in words:
-            config[key] = words[str(value).lower()]
+        elif kind == "boolean" and isinstance(value, (str, int)) and str(value).lower() in flags.BOOLEAN_WORDS:
+            config[key] = flags.BOOLEAN_WORDS[str(value).lower()]
 
 
-def file_list(value: str) -> list[str]:
-    """DeepSpeech's comma-separated file flags."""
-    return [p.strip() for p in (value or "").split(",") if p.strip()]
+def demo_values() -> dict:
+    return yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+
+
+def is_demo(config: dict) -> bool:
+    """No data of your own: the bundled demo runs."""
+    return not any(config.get(k) for k in DATA_KEYS)
+
+
+def allowed(prop: dict) -> str:
+    """What a key accepts, in words (for messages and config/README.md)."""
+    out = []
+    if "enum" in prop:
+        out.append(" / ".join(map(str, prop["enum"])))
+    elif "type" in prop:
+        out.append(prop["type"])
+    for bound, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if bound in prop:
+            out.append(f"{sign} {prop[bound]}")
+    for option in prop.get("anyOf", []):
+        if "const" in option:
+            out.append(f"or {option['const']}")
+        else:
+            out.append(" and ".join(f"{sign} {option[b]}" for b, sign in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                                           ("exclusiveMaximum", "<")) if b in option))
+    return ", ".join(out)
+
+
+def resolve(config: dict, base: Path = Path(".")) -> list[str]:
+    """Complete `config` in place (see the module docstring) and check it: the list of problems, one line each."""
+    import jsonschema
+
+    coerce_cli_values(config)
+    props = flags.properties()
+    problems = []
+    for key in [k for k in config if k not in props]:
+        close = difflib.get_close_matches(key, props, n=1, cutoff=0.6)
+        problems.append(f"{key}: not a configuration key" + (f" (did you mean {close[0]}?)" if close else
+                                                           " (config/README.md lists them all)"))
+        del config[key]
+    if is_demo(config):
+        for key, value in demo_values().items():
+            if key in DATA_KEYS:
+                config[key] = value  # the demo's data (yours are all empty)
+            else:
+                config.setdefault(key, value)
+    for key, prop in props.items():
+        config.setdefault(key, prop.get("default"))
+        errors = list(jsonschema.Draft202012Validator(prop).iter_errors(config[key]))
+        if errors:
+            problems.append(f"{key}={config[key]!r}: {errors[0].message}; allowed: {allowed(prop)} "
+                            f"(DeepSpeech's default: {prop.get('default')!r})")
+    return problems or check(config, base)
 
 
 def check(config: dict, base: Path = Path(".")) -> list[str]:
-    """Errors in a (schema-validated) config that the schema cannot express. Empty list = fine."""
+    """Problems of a complete, schema-valid config that the schema cannot express. Empty list = fine."""
     errors = []
     try:
         window_samples(config["audio_sample_rate"], config["feature_win_len"], config["feature_win_step"])
     except ValueError as e:
         errors.append(str(e))
     cv = config.get("common_voice_dir", "")
-    files = {s: file_list(config.get(f"{s}_files", "")) for s in SPLITS}
+    files = {s: flags.file_list(config.get(f"{s}_files", "")) for s in SPLITS}
     if cv:
         given = [f"{s}_files" for s in SPLITS if files[s]]
         if given:
-            errors.append(
-                f"common_voice_dir={cv!r} is set, so the CSVs come from the import rule; "
-                f"leave {', '.join(given)} empty (or clear common_voice_dir to use your own CSVs)"
-            )
+            errors.append(f"common_voice_dir={cv!r} is set, so the CSVs come from the import rule; "
+                          f"leave {', '.join(given)} empty (or clear common_voice_dir to use your own CSVs)")
         if cv != DEMO_CV_DIR and not (base / cv).is_dir():
             errors.append(f"common_voice_dir: {cv!r} is not a directory")
     else:
@@ -121,42 +147,67 @@ def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
     return []
 
 
-def markdown(schema: dict | None = None) -> str:
-    """config/README.md, generated from the schema so that it documents every key."""
-    schema = schema or load_schema()
-    demo = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+# ---------------------------------------------------------------------------------------------- generated files
+
+def _show(v) -> str:
+    return "`\"\"`" if v == "" else f"`{json.dumps(v) if isinstance(v, bool) else v}`"
+
+
+def markdown() -> str:
+    """config/README.md: every key, generated from the schema."""
+    demo = demo_values()
     lines = [
         "# Configuration",
         "",
         "<!-- Generated by `dsflow config-doc > config/README.md` from config.schema.yaml; do not edit. -->",
         "",
-        "`config/config.yaml` holds the quick demo's values; the schema (`config.schema.yaml`, JSON Schema",
-        "draft 2020-12, checked when the Snakefile loads) holds DeepSpeech 0.9.3's defaults. Keys have",
-        "DeepSpeech's flag names and meanings; **[dsflow]** marks this workflow's own keys. Override any key",
-        "with `snakemake --config key=value ...` or `--configfile my.yaml`; `--config key=` sets an empty string.",
+        "Every key has DeepSpeech 0.9.3's flag name and meaning; **[dsflow]** marks this workflow's own keys. A key",
+        "takes, first match wins: your value (`snakemake --config key=value`, `--configfile my.yaml`, or a line of",
+        "`config/config.yaml`); for the bundled demo only (no data set), the demo's value (`config/demo.yaml`);",
+        "else DeepSpeech's default (`config.schema.yaml`, JSON Schema draft 2020-12, checked when the Snakefile",
+        "loads). `--config key=` sets an empty string.",
         "",
         "| key | default (DeepSpeech's for its flags) | demo value | allowed | meaning |",
         "|---|---|---|---|---|",
     ]
-
-    def show(v) -> str:
-        return "`\"\"`" if v == "" else f"`{json.dumps(v) if isinstance(v, bool) else v}`"
-
-    for key, prop in schema["properties"].items():
-        allowed = []
-        if "enum" in prop:
-            allowed.append(" / ".join(map(str, prop["enum"])))
-        elif "type" in prop:
-            allowed.append(prop["type"])
-        for bound, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
-                            ("exclusiveMaximum", "<")):
-            if bound in prop:
-                allowed.append(f"{sign} {prop[bound]}")
+    for key, prop in flags.properties().items():
         desc = " ".join(prop.get("description", "").split()).replace("|", "\\|")
-        lines.append(f"| `{key}` | {show(prop.get('default'))} | {show(demo.get(key))} | {', '.join(allowed)} | {desc} |")
+        demo_value = _show(demo[key]) if key in demo else ""
+        lines.append(f"| `{key}` | {_show(prop.get('default'))} | {demo_value} | {allowed(prop)} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+def config_yaml() -> str:
+    """config/config.yaml: your settings. The data keys, then every other key commented out with its default."""
+    def value(v) -> str:
+        return json.dumps(v) if isinstance(v, str) and (v == "" or ":" in v or "#" in v or v.startswith("<")) \
+            else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+    lines = [
+        "# dsflow configuration: your settings. Keys are DeepSpeech 0.9.3's flags, same names and meaning.",
+        "# Generated by `dsflow config-doc --yaml` from config.schema.yaml; config/README.md documents every key.",
+        "#",
+        "# Your data: DeepSpeech CSVs (train_files, dev_files, test_files: comma-separated lists) or a Common Voice",
+        "# release folder (common_voice_dir). With all four empty, `snakemake` runs the bundled demo, tuned by",
+        "# config/demo.yaml. Every other key takes DeepSpeech's default (shown) unless you uncomment and set it here,",
+        "# or override it for one run: snakemake --config n_hidden=64 epochs=3",
+    ]
+    for key, prop in flags.properties().items():
+        line = f"{key}: {value(prop.get('default'))}"
+        if key not in DATA_KEYS:
+            line = "# " + line
+        first = re.split(r"\.\s+(?=[A-Z(`])", " ".join(prop.get("description", "").split()))[0].rstrip(".")
+        lines.append(f"{line}  # {first}")
     return "\n".join(lines) + "\n"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("config-doc", help="print config/README.md (every key, generated from the schema)")
-    p.set_defaults(func=lambda args: print(markdown(), end="") or 0)
+    p = sub.add_parser("config-doc", help="print config/README.md (or with --yaml config/config.yaml), generated "
+                                          "from the schema")
+    p.add_argument("--yaml", action="store_true", help="print config/config.yaml instead")
+    p.set_defaults(func=_config_doc)
+
+
+def _config_doc(args) -> int:
+    print(config_yaml() if args.yaml else markdown(), end="")
+    return 0

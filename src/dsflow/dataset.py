@@ -4,7 +4,8 @@ writes them (for `dsflow features`) and reads them back as DeepSpeech's batches 
   shard-NNNNN.tfrecord  tf.train.Example records (features float32 bytes [T*26], n_frames, transcript,
                         wav_filename, duration) in DeepSpeech's order, about `shard_seconds` of audio a shard
   index.csv             wav_filename, wav_filesize, transcript, n_frames, duration, shard (one row a record)
-  meta.json             sample_rate, win_len_ms, win_step_ms, n_input, count, total_seconds, csv, dsflow_version
+  meta.json             sample_rate, win_len_ms, win_step_ms, n_input, count, total_seconds, csv, sha256 (of all
+                        records: the folder's content), dsflow_version
 
 Reading follows DeepSpeech 0.9.3 (util/feeding.py `create_dataset`): no shuffling, every epoch in ascending
 `wav_filesize` order (the order the shards are written in), features zero-padded to the longest item of the batch,
@@ -19,6 +20,7 @@ The writer needs neither TensorFlow nor pandas at import (the feature worker pro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -92,6 +94,7 @@ def write(folder: Path, rows, batches, meta: dict, shard_seconds: float = 3600.0
 
     n_frames, durations, shards = [], [], []
     shard, file, shard_duration = -1, None, 0.0
+    digest = hashlib.sha256()  # of every record, in order: the folder's content in one value (meta.json)
     try:
         with Progress("features", len(rows), "clips") as progress:
             for data, sizes in batches:
@@ -103,6 +106,7 @@ def write(folder: Path, rows, batches, meta: dict, shard_seconds: float = 3600.0
                         shard, shard_duration = shard + 1, 0.0
                         file = open(folder / SHARD.format(shard), "wb")
                     file.write(memoryview(data)[offset:offset + size])
+                    digest.update(memoryview(data)[offset:offset + size])
                     offset += size
                     shard_duration += duration
                     n_frames.append(frames)
@@ -118,7 +122,7 @@ def write(folder: Path, rows, batches, meta: dict, shard_seconds: float = 3600.0
     index.to_csv(folder / INDEX, index=False, encoding="utf-8")
     (folder / META).write_text(json.dumps({
         **meta, "n_input": N_INPUT, "count": len(index), "total_seconds": float(index["duration"].sum()),
-        "dsflow_version": __version__}, indent=2) + "\n", encoding="utf-8")
+        "sha256": digest.hexdigest(), "dsflow_version": __version__}, indent=2) + "\n", encoding="utf-8")
     log.info("%d clips, %.2f h of audio, %d shards", len(index), index["duration"].sum() / 3600, shard + 1)
     return index
 

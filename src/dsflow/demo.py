@@ -98,7 +98,7 @@ def plan(sentences: list[str], takes: int, seed: int, limit_lists: int | None = 
     if not 1 <= takes <= len(RATES):
         raise UserError(f"--takes {takes}: must be 1 to {len(RATES)} (takes of a sentence get distinct rates)")
     if limit_lists is not None and limit_lists < 1:
-        raise UserError(f"--limit-lists {limit_lists}: must be at least 1")
+        raise UserError(f"--limit_lists {limit_lists}: must be at least 1")
     order = speakers(seed)
     clips = []
     for split, (first, last) in SPLITS.items():
@@ -194,7 +194,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
     p.add_argument("--takes", type=int, default=DEFAULT_TAKES,
                    help=f"clips per sentence, each by another speaker and rate (default {DEFAULT_TAKES}: ~1.5 h)")
-    p.add_argument("--limit-lists", type=int, default=None,
+    p.add_argument("--limit_lists", type=int, default=None,
                    help="only the first K Harvard lists of each split (train, dev, test), for tests")
     p.add_argument("--threads", type=int, default=1, help="parallel synthesis processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voice/rate/pitch choices (default 0)")

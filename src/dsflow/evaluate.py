@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import math
 
-from dsflow import UserError, gpu
+from dsflow import UserError, flags, gpu
 from dsflow.atomic import write_text
-from dsflow.decode import BEAM_THRESHOLD, LM_ALPHA, LM_BETA, Decoder
+from dsflow.decode import Decoder
 from dsflow.log import Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
@@ -34,23 +34,13 @@ def add_parser(sub) -> None:
     a = p.add_argument
     a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
     a("--test_features", required=True, help="comma-separated features folders of the test sets")
-    a("--test_batch_size", type=int, default=1)
-    a("--report_count", type=int, default=5, help="samples shown in each of the best/median/worst sections")
-    a("--load_evaluate", default="auto", choices=["auto", "best", "last"],
-      help="best: best_dev checkpoint, last: last training checkpoint, auto: best, else last")
+    flags.add_options(p, "evaluate")
     a("--test_output_file", help="write every sample's results here (DeepSpeech's JSON list)")
     a("--report", help="write the report here as Markdown")
     a("--metrics", help="write per test set {wer, cer, loss, samples} here (JSON)")
     a("--threads", type=int, default=0, help="TensorFlow intra-op threads and decoder processes (0: TensorFlow's "
                                                "default, one decoder process)")
-    a("--scorer_path", default="", help="KenLM scorer for the beam search (empty: greedy decoding)")
-    a("--beam_width", type=int, default=1024)
-    a("--lm_alpha", type=float, default=LM_ALPHA, help="language model weight")
-    a("--lm_beta", type=float, default=LM_BETA, help="word insertion bonus")
-    a("--cutoff_prob", type=float, default=1.0, help="cumulative probability cut-off per frame (1.0: off)")
-    a("--cutoff_top_n", type=int, default=300, help="characters tried per frame")
-    a("--beam_threshold", type=float, default=BEAM_THRESHOLD,
-      help="drop hypotheses this far (natural log) behind the best (dsflow; DeepSpeech has no such cut)")
+    flags.add_option(p, "scorer_path")
     p.set_defaults(func=_main)
 
 
@@ -169,14 +159,13 @@ def evaluate(args) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
-    from dsflow import model
+    from dsflow import checkpoints, model
 
     dirs = [d.strip() for d in args.test_features.split(",") if d.strip()]
     if not dirs:
         raise UserError("--test_features: no test set given")
-    if args.test_batch_size < 1 or args.report_count < 0:
-        raise UserError("dsflow evaluate: --test_batch_size must be >= 1 and --report_count >= 0")
-    net = model.load(args.checkpoint_dir, args.load_evaluate)
+    flags.check(args, "evaluate")
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)
     spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),

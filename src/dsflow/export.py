@@ -27,10 +27,8 @@ import json
 import struct
 from pathlib import Path
 
-from dsflow import UserError, __version__
-from dsflow.alphabet import Alphabet
+from dsflow import UserError, __version__, flags
 from dsflow.atomic import atomic_dir
-from dsflow.config import cli_bool
 from dsflow.log import log
 
 GRAPH_VERSION = 6  # DeepSpeech 0.9.3's util/config.py: the native client refuses other versions
@@ -45,21 +43,7 @@ def add_parser(sub) -> None:
     a = p.add_argument
     a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
     a("--export_dir", required=True, help="output folder (replaced atomically)")
-    a("--load_evaluate", default="auto", choices=["auto", "best", "last"],
-      help="best: best_dev checkpoint, last: last training checkpoint, auto: best, else last")
-    a("--export_tflite", type=cli_bool, default=False, help="also write <export_file_name>.tflite (true/false)")
-    a("--export_quantize", type=cli_bool, default=True,
-      help="TFLite with dynamic-range quantization (int8 weights; DeepSpeech 0.9.3 always did this); "
-           "false writes float32 weights (true/false)")
-    a("--n_steps", type=int, default=16, help="time steps per call of the acoustic model")
-    a("--export_file_name", default="output_graph")
-    a("--export_beam_width", type=int, default=500, help="beam width written to the metadata")
-    for flag, default in (("export_author_id", "author"), ("export_model_name", "model"),
-                          ("export_model_version", "0.0.1")):
-        a(f"--{flag}", default=default)
-    for flag in ("export_contact_info", "export_license", "export_language", "export_min_ds_version",
-                 "export_max_ds_version", "export_description"):
-        a(f"--{flag}", default="<help text>")
+    flags.add_options(p, "export")
     p.set_defaults(func=_main)
 
 
@@ -78,16 +62,6 @@ def options(**overrides):
 
 
 # ---------------------------------------------------------------------------------------------- the graph
-
-def deserialize_alphabet(data: bytes) -> Alphabet:
-    """The inverse of Alphabet.serialize (DeepSpeech's Alphabet::Deserialize)."""
-    (count,), pos, labels = struct.unpack_from("<H", data), 2, {}
-    for _ in range(count):
-        key, size = struct.unpack_from("<HH", data, pos)
-        labels[key] = data[pos + 4:pos + 4 + size].decode("utf-8")
-        pos += 4 + size
-    return Alphabet([labels[i] for i in range(count)], source="<model metadata>")
-
 
 def streaming_module(net, n_steps: int, metadata: dict):
     """A tf.Module with the `acoustic`, `mfcc` and `metadata` tf.functions of the module docstring.
@@ -238,15 +212,11 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
 
 
 def export(args) -> Path:
-    from dsflow import model
+    from dsflow import checkpoints
 
-    checkpoint_dir = Path(args.checkpoint_dir)
-    try:
-        features_meta = json.loads((checkpoint_dir / "features.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{checkpoint_dir}: no features.json (the feature settings the model was trained with); "
-                        "not a checkpoint folder written by `dsflow train`") from None
-    net = model.load(checkpoint_dir, args.load_evaluate)
+    flags.check(args, "export")
+    features_meta = checkpoints.features_meta(args.checkpoint_dir)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
     return write_export(net, args.export_dir, args, features_meta)
 
 

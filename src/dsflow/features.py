@@ -15,7 +15,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from dsflow import UserError, dataset
+from dsflow import UserError, dataset, flags
 from dsflow.atomic import atomic_dir
 from dsflow.audio import read_pcm16
 from dsflow.mfcc import mfcc, window_samples
@@ -118,17 +118,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("features", help="compute DeepSpeech's MFCC features of a validated split into "
                                         "TFRecord shards, in DeepSpeech's order (wav_filesize ascending)")
     p.add_argument("--csv", required=True, help="validated DeepSpeech CSV (wav_filename,wav_filesize,transcript)")
-    p.add_argument("--out-dir", required=True, help="output folder (shards, index.csv, meta.json); replaced atomically")
-    p.add_argument("--sample-rate", type=int, default=16000, help="audio_sample_rate (default 16000)")
-    p.add_argument("--win-len", type=float, default=32, help="feature_win_len in ms (default 32)")
-    p.add_argument("--win-step", type=float, default=20, help="feature_win_step in ms (default 20)")
+    p.add_argument("--out_dir", required=True, help="output folder (shards, index.csv, meta.json); replaced atomically")
+    flags.add_options(p, "features")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker processes (default: all CPUs)")
-    p.add_argument("--shard-seconds", type=float, default=3600.0,
+    p.add_argument("--shard_seconds", type=float, default=3600.0,
                    help="audio seconds per shard (default 3600: one shard per hour of audio)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    write_features(args.csv, args.out_dir, args.sample_rate, args.win_len, args.win_step,
+    flags.check(args, "features")
+    write_features(args.csv, args.out_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
                    max(1, args.threads), args.shard_seconds)
     return 0

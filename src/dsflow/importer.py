@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsflow import UserError
-from dsflow import csvfile, text
+from dsflow import csvfile, flags, text
 from dsflow.atomic import atomic_open
 from dsflow.audio import CONVERTERS, ConversionError, convert, wav_frames
 from dsflow.log import Progress, log
@@ -246,20 +246,16 @@ def _report(split: str, imported: int, dropped: dict[str, int], imported_secs: f
 
 def add_parser(sub) -> None:
     p = sub.add_parser("import-cv", help="import a Common Voice release folder (DeepSpeech's bin/import_cv2.py)")
-    p.add_argument("--cv-dir", required=True, help="release folder with train/dev/test.tsv and clips/")
-    p.add_argument("--out-dir", required=True,
+    p.add_argument("--cv_dir", required=True, help="release folder with train/dev/test.tsv and clips/")
+    p.add_argument("--out_dir", required=True,
                    help="writes {train,dev,test}.csv, rejected.tsv and summary.json here")
-    p.add_argument("--wav-dir", required=True,
-                   help="WAV cache folder (outside --cv-dir); WAVs already there are reused")
-    p.add_argument("--alphabet", help="alphabet file; clips whose label it cannot encode are dropped")
-    p.add_argument("--no-filter-alphabet", dest="filter_alphabet", action="store_false",
-                   help="keep labels with characters outside the alphabet")
-    p.add_argument("--normalize", action="store_true",
-                   help="NFKD + ASCII-ignore the sentences first (strips diacritics)")
-    p.add_argument("--max-secs", type=float, default=10.0, help="drop clips longer than this (default 10)")
+    p.add_argument("--wav_dir", required=True,
+                   help="WAV cache folder (outside --cv_dir); WAVs already there are reused")
+    flags.add_option(p, "alphabet_config_path", default="",
+                     help="alphabet file; with import_filter_alphabet, clips whose label it cannot encode are dropped")
+    flags.add_options(p, "import-cv")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="conversions run in parallel (default: number of CPUs)")
-    p.add_argument("--sample-rate", type=int, default=16000, help="WAV sample rate (default 16000)")
     p.add_argument("--converter", choices=CONVERTERS, default="sox", help="MP3 decoder (default sox, the faster)")
     p.set_defaults(func=_main)
 
@@ -267,16 +263,18 @@ def add_parser(sub) -> None:
 def _main(args) -> int:
     from dsflow.alphabet import Alphabet, AlphabetError
 
-    if args.threads < 1 or args.sample_rate < 1 or args.max_secs <= 0:
-        raise UserError("--threads and --sample-rate must be at least 1 and --max-secs above 0")
+    flags.check(args, "import-cv")
+    if args.threads < 1:
+        raise UserError("--threads must be at least 1")
     alphabet = None
-    if args.filter_alphabet:
-        if not args.alphabet:
-            raise UserError("import-cv: give --alphabet FILE, or --no-filter-alphabet to keep every character")
+    if args.import_filter_alphabet:
+        if not args.alphabet_config_path:
+            raise UserError("import-cv: give --alphabet_config_path FILE, or --import_filter_alphabet false to keep "
+                            "every character")
         try:
-            alphabet = Alphabet.from_file(args.alphabet)
+            alphabet = Alphabet.from_file(args.alphabet_config_path)
         except AlphabetError as e:
             raise UserError(str(e)) from None
-    import_cv(args.cv_dir, args.out_dir, args.wav_dir, alphabet, args.normalize, args.max_secs, args.threads,
-              args.sample_rate, args.converter)
+    import_cv(args.cv_dir, args.out_dir, args.wav_dir, alphabet, args.import_normalize, args.import_max_secs,
+              args.threads, args.audio_sample_rate, args.converter)
     return 0

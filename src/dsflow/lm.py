@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from dsflow import UserError, csvfile
+from dsflow import UserError, csvfile, flags
 from dsflow.alphabet import Alphabet, AlphabetError
 from dsflow.atomic import atomic_path, write_text
 from dsflow.log import log
@@ -31,14 +31,20 @@ def add_parser(sub) -> None:
                        description=__doc__)
     a = p.add_argument
     a("--text", required=True, help="comma-separated text files (a sentence per line) or CSVs (transcript column)")
-    a("--alphabet_config_path", required=True, help="the model's alphabet; every character must be in it")
+    flags.add_option(p, "alphabet_config_path", required=True,
+                     help="the model's alphabet; every character must be in it")
     a("--output", required=True, help="the KenLM binary model to write (and <output>.words)")
     a("--arpa", help="also keep the ARPA model here")
-    a("--order", type=int, default=5, help="n-gram order (DeepSpeech's generate_lm.py: 5)")
+    flags.add_options(p, "build-lm")
     a("--prune", default="0 0 1", help="lmplz --prune thresholds per order (DeepSpeech: 0 0 1)")
     a("--memory", default="10%", help="lmplz -S: memory for sorting (KenLM's default of 80%% is too greedy)")
-    p.set_defaults(func=lambda args: build(args.text.split(","), args.alphabet_config_path, args.output,
-                                           args.order, args.prune, args.memory, args.arpa) and 0)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    build(args.text.split(","), args.alphabet_config_path, args.output, args.lm_order, args.prune, args.memory,
+          args.arpa)
+    return 0
 
 
 def tool(name: str) -> str:

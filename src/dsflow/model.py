@@ -15,14 +15,10 @@ The LSTM runs as a loop whose input projection is one GEMM over all frames; only
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import tensorflow as tf
 
-from dsflow import UserError
-from dsflow.alphabet import Alphabet
 from dsflow.mfcc import N_INPUT
 
 N_CONTEXT = 9  # frames of context on each side: DeepSpeech util/config.py n_context
@@ -209,35 +205,3 @@ def adam(learning_rate: float, beta1: float = 0.9, beta2: float = 0.999, epsilon
     import keras
 
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta1, beta_2=beta2, epsilon=epsilon)
-
-
-def load(checkpoint_dir: str | Path, which: str = "auto") -> DeepSpeech:
-    """The model of a checkpoint folder published by `dsflow train`, with its weights.
-
-    which: 'best' (best_dev), 'last' (train), or 'auto' (best, else last; DeepSpeech's load_evaluate).
-    The model gets `.alphabet` (Alphabet), `.flags` (the training flags) and `.checkpoint` (the path read).
-    """
-    from dsflow.log import log
-
-    checkpoint_dir = Path(checkpoint_dir)
-    try:
-        flags = json.loads((checkpoint_dir / "flags.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{checkpoint_dir}: no flags.json; not a checkpoint folder written by `dsflow train`") from None
-    alphabet = Alphabet.from_file(checkpoint_dir / "alphabet.txt")
-    if which not in ("auto", "best", "last"):
-        raise UserError(f"which={which!r}: expected auto, best or last")
-    path = None
-    if which in ("auto", "best"):
-        path = tf.train.latest_checkpoint(str(checkpoint_dir), "best_dev_checkpoint")
-        if path is None and which == "auto":
-            log.warning("%s: no best_dev checkpoint (no dev set?); using the last training checkpoint", checkpoint_dir)
-    if which == "last" or (which == "auto" and path is None):
-        path = tf.train.latest_checkpoint(str(checkpoint_dir), "checkpoint")
-    if path is None:
-        raise UserError(f"{checkpoint_dir}: no {'best_dev' if which == 'best' else 'train'} checkpoint")
-    model = DeepSpeech(flags["n_hidden"], len(alphabet) + 1, flags["layer_norm"], flags["relu_clip"])
-    tf.train.Checkpoint(model=model).read(path).expect_partial().assert_existing_objects_matched()
-    model.alphabet, model.flags, model.checkpoint = alphabet, flags, path
-    log.info("loaded %s (n_hidden %d, %d labels)", path, model.n_hidden, len(alphabet))
-    return model

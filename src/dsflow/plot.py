@@ -16,15 +16,21 @@ from dsflow.log import log
 
 
 def read_metrics(path: str | Path):
+    """A checkpoint folder's metrics.csv (dsflow.checkpoints) as a DataFrame of numbers."""
     import pandas as pd
 
+    from dsflow.checkpoints import METRICS, read_metrics
+
     try:
-        metrics = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        rows = read_metrics(path)
+    except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the training metrics: {e}") from e
+    metrics = pd.DataFrame(rows, columns=rows[0].keys() if rows else METRICS)
     missing = {"epoch", "train_loss", "dev_loss", "learning_rate"} - set(metrics.columns)
     if missing:
         raise UserError(f"{path}: not a dsflow metrics.csv (no column {', '.join(sorted(missing))})")
+    for column in ("epoch", "train_loss", "dev_loss", "learning_rate"):
+        metrics[column] = pd.to_numeric(metrics[column].replace("", None), errors="coerce")
     return metrics
 
 
@@ -96,4 +102,9 @@ def add_parser(sub) -> None:
     p.add_argument("--evaluation", help="dsflow evaluate's --metrics JSON (corpus WER/CER per test set)")
     p.add_argument("--samples", help="dsflow evaluate's --test_output_file JSON (per-sample WER/CER)")
     p.add_argument("--out", required=True, help="the figure (.png, .svg or .pdf)")
-    p.set_defaults(func=lambda a: plot(a.metrics, a.out, a.evaluation, a.samples))
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    plot(args.metrics, args.out, args.evaluation, args.samples)
+    return 0

@@ -65,7 +65,8 @@ class ExportedModel:
     def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
         import tensorflow as tf
 
-        from dsflow.export import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES, deserialize_alphabet
+        from dsflow.alphabet import Alphabet
+        from dsflow.export import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES
 
         path = Path(path)
         if not path.exists():
@@ -103,7 +104,7 @@ class ExportedModel:
             raise UserError(f"{path}: model version {self.version}; this client reads version {GRAPH_VERSION}")
         self.win_len, self.win_step = meta["metadata_feature_win_len"], meta["metadata_feature_win_step"]
         self.beam_width = meta["metadata_beam_width"]
-        self.alphabet = deserialize_alphabet(meta["metadata_alphabet"])
+        self.alphabet = Alphabet.deserialize(meta["metadata_alphabet"], "<model metadata>")
         self.language = meta["metadata_language"].decode("utf-8")
         self.window = self.sample_rate * self.win_len // 1000
         self.stride = self.sample_rate * self.win_step // 1000

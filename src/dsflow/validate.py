@@ -13,7 +13,6 @@ the reason's kind and the policy:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsflow import UserError, atomic, csvfile
+from dsflow import UserError, atomic, csvfile, flags
 from dsflow.alphabet import Alphabet
-from dsflow.config import file_list
+from dsflow.flags import file_list
 from dsflow.audio import PCM16, ConversionError, NotWav, WavInfo, convert, probe
 from dsflow.log import Progress, log
 from dsflow.mfcc import n_frames, window_samples
@@ -309,25 +308,22 @@ def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="validate one split's CSVs (audio, transcripts, alphabet, leakage)")
     p.add_argument("--split", required=True)
     p.add_argument("--csv", required=True, help="comma-separated CSV files of the split")
-    p.add_argument("--alphabet", required=True)
-    p.add_argument("--out-csv", required=True)
+    flags.add_option(p, "alphabet_config_path", required=True)
+    p.add_argument("--out_csv", required=True)
     p.add_argument("--rejects", required=True, help="rejection table (TSV)")
     p.add_argument("--summary", required=True, help="summary (JSON)")
-    p.add_argument("--audio-dir", required=True, help="where converted audio goes")
-    p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--win-len", type=float, default=32)
-    p.add_argument("--win-step", type=float, default=20)
-    p.add_argument("--policy", choices=["drop", "fail"], default="drop")
-    p.add_argument("--normalize-sample-rate", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--train-csv", default="", help="training CSVs, to flag dev/test rows that leak from train")
+    p.add_argument("--audio_dir", required=True, help="where converted audio goes")
+    flags.add_options(p, "validate")
+    p.add_argument("--train_csv", default="", help="training CSVs, to flag dev/test rows that leak from train")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
+    flags.check(args, "validate")
     validate(
-        args.split, file_list(args.csv), Alphabet.from_file(args.alphabet), args.out_csv, args.rejects,
-        args.summary, args.audio_dir, args.sample_rate, args.win_len, args.win_step, args.policy,
-        args.normalize_sample_rate, file_list(args.train_csv), args.threads,
+        args.split, file_list(args.csv), Alphabet.from_file(args.alphabet_config_path), args.out_csv, args.rejects,
+        args.summary, args.audio_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
+        args.validation_policy, args.normalize_sample_rate, file_list(args.train_csv), args.threads,
     )
     return 0
