@@ -44,7 +44,7 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from dsflow import export, model, transcribe
+    from dsflow import export, exported, model, transcribe
     from dsflow.alphabet import Alphabet
 
     with tempfile.TemporaryDirectory(prefix="bench-transcribe-") as tmp:
@@ -70,7 +70,7 @@ def main() -> None:
                                         ("TFLite float32", tmp / "float", False),
                                         ("SavedModel", tmp / "float", True)):
             t = time.perf_counter()
-            m = transcribe.ExportedModel(path, savedmodel, args.threads)
+            m = exported.ExportedModel(path, savedmodel, args.threads)
             load = time.perf_counter() - t
             transcribe.transcribe(m, ROOT / "data/ldc93s1/LDC93S1.wav")  # warm-up
             best = float("inf")

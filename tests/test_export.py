@@ -7,7 +7,7 @@ from rapidfuzz.distance import Levenshtein
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import checkpoints, dataset, export, features, importer, model, transcribe  # noqa: E402
+from dsflow import checkpoints, dataset, export, exported, features, importer, model, transcribe  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.decode import greedy  # noqa: E402
@@ -71,14 +71,14 @@ def expected(trained) -> dict:
 def test_float_tflite_and_savedmodel_transcribe_the_test_set_like_the_checkpoint(trained, expected):
     assert len(expected) == 20 and sum(t != "" for t in expected.values()) >= 10  # the model does output text
     for path, savedmodel in ((trained / "float", False), (trained / "export", True)):
-        m = transcribe.ExportedModel(path, savedmodel)
+        m = exported.ExportedModel(path, savedmodel)
         assert {wav: transcribe.transcribe(m, wav) for wav in expected} == expected, m.kind
 
 
 def test_quantized_tflite_is_smaller_and_close_to_the_checkpoint(trained, expected):
     """DeepSpeech's dynamic-range quantization (int8 weights; tensors under 1024 weights stay float32) changes the
     probabilities a little."""
-    m = transcribe.ExportedModel(trained / "export")
+    m = exported.ExportedModel(trained / "export")
     quantized = {wav: transcribe.transcribe(m, wav) for wav in expected}
     distance = sum(Levenshtein.distance(quantized[w], expected[w]) for w in expected)
     assert distance <= 0.05 * sum(len(t) for t in expected.values())
@@ -101,7 +101,7 @@ def test_export_folder_metadata_and_model_card(trained):
         "tflite": "output_graph.tflite", "tflite_quantized": True}
     assert "best_dev" in info["checkpoint"]
     for savedmodel in (False, True):  # the same metadata inside both models, as DeepSpeech's graph nodes
-        m = transcribe.ExportedModel(out, savedmodel)
+        m = exported.ExportedModel(out, savedmodel)
         assert (m.version, m.sample_rate, m.win_len, m.win_step, m.beam_width, m.language) == (
             6, 16000, 32, 20, 123, "Fake English (fk-FK)")
         assert m.alphabet.labels == alphabet.labels and m.alphabet.serialize() == alphabet.serialize()

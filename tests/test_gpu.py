@@ -112,9 +112,9 @@ use rule train as train_b with:
         f"{LOGS}/train_b.log",
     params:
         work="results/work/train_b",
-        flags=" ".join(f"--{k} {str(dict(config, n_hidden=12)[k]).lower()}" for k in TRAIN_FLAGS),
+        flags=dsflags.render("train", dict(config, n_hidden=12)),
 '''
-CONFIG = ["--config", "common_voice_dir=", "train_files=data/ldc93s1/ldc93s1.csv",
+CONFIG = ["--config", "train_files=data/ldc93s1/ldc93s1.csv",
           "dev_files=data/ldc93s1/ldc93s1.csv", "n_hidden=16", "epochs=2", "train_batch_size=1", "dev_batch_size=1"]
 
 

@@ -74,7 +74,7 @@ def report_items(html: str) -> dict[str, str]:
 def test_snakemake_report_after_the_tiny_chain(tiny_chain, tmp_path):
     wd = tmp_path / "wf"
     shutil.copytree(tiny_chain, wd, symlinks=True)
-    snakemake(wd, "--report", "report.html", "--config", *TINY)
+    snakemake(wd, "--report", "report.html", *TINY)
     html = (wd / "report.html").read_text()
     items = report_items(html)
     assert items["training.png"][:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,14 +13,10 @@ import pandas as pd
 import pytest
 
 from dsflow.cli import main
-
+from tests.conftest import SMOKE
 from tests.workflow import snakemake, workdir
 
 SENTENCE = "she had your dark suit in greasy wash water all year"
-SMOKE = ["common_voice_dir=", "train_files=data/ldc93s1/ldc93s1.csv", "dev_files=data/ldc93s1/ldc93s1.csv",
-         "test_files=data/ldc93s1/ldc93s1.csv", "n_hidden=100", "learning_rate=0.001", "dropout_rate=0.05",
-         "train_batch_size=1", "dev_batch_size=1", "test_batch_size=1", "early_stop=false",
-         "reduce_lr_on_plateau=false", "epochs=350"]
 
 
 def trainer_pids(wd: Path) -> list[int]:
@@ -54,7 +50,7 @@ def greedy_transcript(wd: Path) -> str:
 @pytest.mark.slow
 def test_ldc93s1_smoke_test_survives_sigkill_and_resumes(tmp_path):
     wd = workdir(tmp_path)
-    args = ["--cores", "2", "--config", *SMOKE]
+    args = ["--cores", "2", *SMOKE]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     first = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=wd, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -102,7 +98,7 @@ def test_ldc93s1_smoke_test_survives_sigkill_and_resumes(tmp_path):
     assert "beam search: width 500" in out.stderr
     # Nothing is stale now; a changed n_hidden retrains in a fresh state folder, never loading this one.
     assert "Nothing to be done" in snakemake(wd, *args).stdout
-    dry = snakemake(wd, "-n", *args[:-1], *SMOKE[:-1], "epochs=1", "n_hidden=64").stdout
+    dry = snakemake(wd, "-n", *args, "--config", "n_hidden=64").stdout
     assert "rule train:" in dry and "rule features:" not in dry
 
 
@@ -116,8 +112,7 @@ def test_ldc93s1_8khz_model_through_the_workflow_transcribes_the_8khz_file(tmp_p
     csv.write_text(f"wav_filename,wav_filesize,transcript\n{wav},{(wd / 'data/ldc93s1' / wav).stat().st_size},"
                    f"{SENTENCE}\n")
     files = [f"{s}_files=data/ldc93s1/ldc93s1_8k.csv" for s in ("train", "dev", "test")]
-    snakemake(wd, "--cores", "2", "--config", *SMOKE[4:], *files, "common_voice_dir=", "audio_sample_rate=8000",
-              "build_lm=false")
+    snakemake(wd, "--cores", "2", *SMOKE, "--config", *files, "audio_sample_rate=8000")
     meta = (wd / "results/features/train/meta.json").read_text()
     assert '"sample_rate": 8000' in meta
     assert main(["build-lm", "--text", str(wd / "data/ldc93s1/vocab.txt"), "--alphabet_config_path",

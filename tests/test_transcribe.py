@@ -13,6 +13,7 @@ tf = pytest.importorskip("tensorflow")
 
 from dsflow import export, mfcc, model, transcribe  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
+from dsflow.exported import ExportedModel  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from tests.conftest import DATA, LDC  # noqa: E402
 
@@ -42,7 +43,7 @@ def reference(net, wav) -> np.ndarray:
 @pytest.mark.parametrize("savedmodel", [False, True], ids=["tflite", "savedmodel"])
 def test_streamed_probabilities_equal_the_network_on_the_whole_utterance(exported, savedmodel):
     net, tmp = exported
-    m = transcribe.ExportedModel(tmp / "float", savedmodel)
+    m = ExportedModel(tmp / "float", savedmodel)
     assert (m.kind, m.n_steps, m.n_hidden, m.n_classes) == ("savedmodel" if savedmodel else "tflite", N_STEPS, 24, 29)
     probs, seconds = transcribe.probabilities(m, LDC / "LDC93S1.wav")
     expected = reference(net, LDC / "LDC93S1.wav")
@@ -52,7 +53,7 @@ def test_streamed_probabilities_equal_the_network_on_the_whole_utterance(exporte
 
 
 def test_the_graph_mfcc_is_the_training_features(exported):
-    m = transcribe.ExportedModel(exported[1] / "float")
+    m = ExportedModel(exported[1] / "float")
     samples, _ = sf.read(LDC / "LDC93S1.wav", dtype="int16")
     audio = samples.astype(np.float32) / np.float32(32767)
     graph = np.concatenate([m.run("mfcc", input_samples=audio[i:i + 512])["mfccs"]
@@ -61,7 +62,7 @@ def test_the_graph_mfcc_is_the_training_features(exported):
 
 
 def test_how_the_audio_is_cut_into_blocks_does_not_matter(exported):
-    m = transcribe.ExportedModel(exported[1] / "float")
+    m = ExportedModel(exported[1] / "float")
     samples, _ = sf.read(LDC / "LDC93S1.wav", dtype="int16")
     whole = transcribe.Stream(m)
     whole.feed(samples)
@@ -76,7 +77,7 @@ def test_how_the_audio_is_cut_into_blocks_does_not_matter(exported):
 
 
 def test_8khz_and_44khz_stereo_are_converted_with_sox(exported):
-    m = transcribe.ExportedModel(exported[1] / "float")
+    m = ExportedModel(exported[1] / "float")
     with transcribe.model_rate_wav(LDC / "LDC93S1.wav", 16000) as wav:
         assert wav == LDC / "LDC93S1.wav"  # already 16 kHz mono 16-bit: read as is
     with transcribe.model_rate_wav(LDC / "LDC93S1_pcms16le_2_44100.wav", 16000) as wav:
@@ -90,7 +91,7 @@ def test_8khz_and_44khz_stereo_are_converted_with_sox(exported):
 
 
 def test_audio_shorter_than_one_window_gives_an_empty_transcript(exported, tmp_path):
-    m = transcribe.ExportedModel(exported[1] / "float")
+    m = ExportedModel(exported[1] / "float")
     sf.write(tmp_path / "short.wav", np.zeros(300, np.int16), 16000, subtype="PCM_16")
     probs, _ = transcribe.probabilities(m, tmp_path / "short.wav")
     assert probs.shape == (0, 29) and transcribe.transcribe(m, tmp_path / "short.wav") == ""

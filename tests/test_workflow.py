@@ -7,10 +7,8 @@ import pandas as pd
 import pytest
 
 from dsflow.cli import main as dsflow
+from tests.conftest import SMOKE
 from tests.workflow import snakemake, workdir
-
-SMOKE = ["common_voice_dir=", "train_files=data/ldc93s1/ldc93s1.csv", "dev_files=data/ldc93s1/ldc93s1.csv",
-         "test_files=data/ldc93s1/ldc93s1.csv"]
 
 
 def jobs(dry_run_output: str) -> dict[str, int]:
@@ -35,16 +33,16 @@ def test_default_dry_run_lists_the_demo_chain_in_order(wf):
 
 
 def test_csv_config_skips_the_import(wf):
-    # your own data: DeepSpeech's defaults, not the demo's (no language model built, no export)
-    assert jobs(snakemake(wf, "-n", "--config", *SMOKE).stdout) == {
-        "validate": 3, "features": 3, "train": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1,
+    # your own data: the smoke test's config, DeepSpeech's defaults for the rest (build_lm and export_dir set here)
+    assert jobs(snakemake(wf, "-n", *SMOKE, "--config", "export_dir=", "build_lm=true").stdout) == {
+        "validate": 3, "features": 3, "train": 1, "lm": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1,
         "validation_page": 1, "all": 1}
     only_train = jobs(snakemake(wf, "-n", "--config", "train_files=data/ldc93s1/ldc93s1.csv",
                                 "export_dir=results/export").stdout)
     assert only_train == {"validate": 1, "features": 1, "train": 1, "plot": 1, "validation_page": 1, "export": 1,
                           "all": 1}
-    # DeepSpeech: an empty export_dir means no export; the demo sets one.
-    assert "export" not in jobs(snakemake(wf, "-n", "--config", *SMOKE, "export_dir=").stdout)
+    # DeepSpeech: an empty export_dir (its default: own data without one) means no export; the demo sets one.
+    assert "export" not in jobs(snakemake(wf, "-n", "--config", "train_files=data/ldc93s1/ldc93s1.csv").stdout)
 
 
 @pytest.fixture(scope="module")

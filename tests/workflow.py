@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles", "data", "src", "scripts", "report"]
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles", "data", "src", "scripts", "report", ".test"]
 
 
 def workdir(tmp_path: Path) -> Path:

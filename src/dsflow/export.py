@@ -29,12 +29,9 @@ from pathlib import Path
 
 from dsflow import UserError, __version__, flags
 from dsflow.atomic import atomic_dir
+from dsflow.exported import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES
 from dsflow.log import log
 
-GRAPH_VERSION = 6  # DeepSpeech 0.9.3's util/config.py: the native client refuses other versions
-SAVED_MODEL = "saved_model"
-METADATA = "metadata.json"
-SIGNATURES = ("acoustic", "mfcc", "metadata")
 
 
 def add_parser(sub) -> None:

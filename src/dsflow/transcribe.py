@@ -24,16 +24,15 @@ features exactly and the transcripts equal those of the checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from dsflow import UserError
 from dsflow.decode import LM_ALPHA, LM_BETA
+from dsflow.exported import ExportedModel
 from dsflow.log import log
 from dsflow.mfcc import N_INPUT, mfcc
 from dsflow.model import N_CONTEXT
@@ -57,78 +56,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_main)
 
 
-# ---------------------------------------------------------------------------------------------- the model
-
-class ExportedModel:
-    """An exported model's three signatures (`run(name, **inputs) -> {output: ndarray}`) and its metadata."""
-
-    def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
-        import tensorflow as tf
-
-        from dsflow.alphabet import Alphabet
-        from dsflow.export import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES
-
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"{path}: no such model file or folder")
-        self.kind = "savedmodel" if savedmodel or (path / "saved_model.pb").is_file() else "tflite"
-        if path.is_dir() and not (path / "saved_model.pb").is_file():  # an export folder
-            if savedmodel:
-                path = path / SAVED_MODEL
-            else:
-                try:
-                    name = json.loads((path / METADATA).read_text(encoding="utf-8"))["tflite"]
-                except FileNotFoundError:
-                    raise UserError(f"{path}: not an export folder (no {METADATA}); give a .tflite file, a "
-                                    "SavedModel folder or a folder written by `dsflow export`") from None
-                if not name:
-                    raise UserError(f"{path}: this export has no TFLite model (exported with export_tflite "
-                                    "false); use --savedmodel")
-                path = path / name
-        self.path = path
-        try:
-            if self.kind == "tflite":
-                with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (see the README)
-                    warnings.simplefilter("ignore")
-                    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
-                self._runners = {name: interpreter.get_signature_runner(name) for name in SIGNATURES}
-            else:
-                loaded = tf.saved_model.load(str(path))
-                self._keep = loaded  # the signatures need the loaded object alive
-                self._runners = {name: loaded.signatures[name] for name in SIGNATURES}
-        except (ValueError, OSError, RuntimeError, KeyError) as e:
-            raise UserError(f"{path}: cannot load the exported {self.kind} model: {e}") from None
-        meta = {k: v.item() for k, v in self.run("metadata").items()}
-        self.version, self.sample_rate = meta["metadata_version"], meta["metadata_sample_rate"]
-        if self.version != GRAPH_VERSION:
-            raise UserError(f"{path}: model version {self.version}; this client reads version {GRAPH_VERSION}")
-        self.win_len, self.win_step = meta["metadata_feature_win_len"], meta["metadata_feature_win_step"]
-        self.beam_width = meta["metadata_beam_width"]
-        self.alphabet = Alphabet.deserialize(meta["metadata_alphabet"], "<model metadata>")
-        self.language = meta["metadata_language"].decode("utf-8")
-        self.window = self.sample_rate * self.win_len // 1000
-        self.stride = self.sample_rate * self.win_step // 1000
-        shapes = self.input_shapes("acoustic")
-        self.n_steps, self.n_hidden = shapes["input_node"][1], shapes["previous_state_c"][1]
-        self.n_classes = len(self.alphabet) + 1
-
-    def run(self, name: str, **inputs) -> dict:
-        out = self._runners[name](**inputs)
-        return {k: np.asarray(v if self.kind == "tflite" else v.numpy()) for k, v in out.items()}
-
-    def input_shapes(self, name: str) -> dict:
-        runner = self._runners[name]
-        if self.kind == "tflite":
-            return {k: tuple(v["shape"]) for k, v in runner.get_input_details().items()}
-        return {k: tuple(v.shape) for k, v in runner.structured_input_signature[1].items()}
-
-
 # ---------------------------------------------------------------------------------------------- streaming
 
 class Stream:
     """DeepSpeech's StreamingState: feed int16 samples, then `finish()` -> probabilities [T, n_classes]."""
 
-    def __init__(self, model: ExportedModel):
+    def __init__(self, model):
         self.model = model
         self.audio = np.zeros(0, np.int16)
         self.frames = [np.zeros(N_INPUT, np.float32)] * N_CONTEXT  # the native client's 9 leading zero frames
@@ -198,7 +131,7 @@ def model_rate_wav(path: str | Path, rate: int):
         yield wav
 
 
-def probabilities(model: ExportedModel, audio_path: str | Path) -> tuple[np.ndarray, float]:
+def probabilities(model, audio_path: str | Path) -> tuple[np.ndarray, float]:
     """(probabilities [T, n_classes], audio seconds) of one audio file, streamed through the model."""
     import soundfile as sf
 
@@ -217,7 +150,7 @@ def decode_probs(probs: np.ndarray, alphabet, decoder=None) -> str:
     return decoder.decode(probs) if decoder is not None else greedy(probs, len(probs), alphabet)
 
 
-def transcribe(model: ExportedModel, audio_path: str | Path, decoder=None) -> str:
+def transcribe(model, audio_path: str | Path, decoder=None) -> str:
     start = time.perf_counter()
     probs, seconds = probabilities(model, audio_path)
     text = decode_probs(probs, model.alphabet, decoder)
