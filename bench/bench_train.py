@@ -60,7 +60,7 @@ def main() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(2)
     from dsflow import model
-    from dsflow.train import step_functions
+    from dsflow.model import step_functions
 
     flags = cpu_flags()
     native_bf16 = bool(flags & {"amx_bf16", "avx512_bf16"})

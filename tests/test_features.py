@@ -276,3 +276,17 @@ def test_spectrogram_then_mfcc_is_mfcc_exactly():
         audio = samples.astype(np.float32)[:, None] / np.float32(32767)
         ops = tf.raw_ops.AudioSpectrogram(input=audio, window_size=window, stride=stride, magnitude_squared=True)
         np.testing.assert_allclose(power, ops.numpy()[0], rtol=1e-5, atol=1e-6 * float(power.max()))
+
+
+def test_the_next_run_removes_what_a_killed_job_left(tmp_path):
+    """A features job killed by SIGKILL mid-write leaves its temporary folder; the next run of that output removes it
+    (not another output's)."""
+    csv = make_split(tmp_path / "data", [1, 2])
+    out = tmp_path / "features" / "dev"
+    killed = [tmp_path / "features" / ".dev.partial-k1ll3d", tmp_path / "features" / ".dev.old-k1ll3d"]
+    other = tmp_path / "features" / ".train.partial-running"
+    for d in (*killed, other):
+        d.mkdir(parents=True)
+        (d / "shard-00000.tfrecord").write_bytes(bytes(1000))
+    write_features(csv, out, threads=1)
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [".train.partial-running", "dev"]

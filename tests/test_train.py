@@ -253,3 +253,17 @@ def test_a_second_trainer_on_the_same_state_is_refused_and_a_repeated_sigterm_st
     text = log.read_text()
     assert "stopped by signal 15" in text and re.search(r"saved \S+/train-\d+ \(epoch \d+, step", text)
     assert not out.exists()  # stopped, not finished: nothing published
+
+
+def test_checkpoints_are_named_by_global_step_and_an_unreadable_latest_gives_way_to_the_one_before(tmp_path, ldc_features):
+    """DeepSpeech's names (train-<global step>); a latest checkpoint that a killed save left unreadable is skipped."""
+    work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
+    train = make_features(tmp_path, "train", [LDC_TEXT] * 3)
+    assert main(["--log", str(log)] + train_args(train, work, out, "--n_hidden", 16, "--epochs", 2)) == 0
+    assert sorted(p.name for p in (state_dir(work) / "ckpt").glob("*.index")) == ["train-3.index", "train-6.index"]
+    (state_dir(work) / "ckpt" / "train-6.data-00000-of-00001").write_bytes(b"cut short")
+    assert main(["--log", str(log)] + train_args(train, work, out, "--n_hidden", 16, "--epochs", 3)) == 0
+    text = log.read_text()
+    assert "train-6 cannot be read" in text and "resuming from" in text
+    assert re.search(r"resuming from \S+/train-3: epoch 1, step 0, global step 3", text)
+    assert [r["epoch"] for r in metrics(out / "metrics.csv")] == ["0", "1", "2"]

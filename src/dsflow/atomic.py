@@ -1,7 +1,7 @@
 """Outputs that appear complete or not at all: write under a temporary sibling name, then rename.
 
-A killed job leaves at most a hidden `.NAME.*.part` / `.NAME.partial-*` sibling, never a file or
-folder under the real name that looks finished.
+A killed job leaves at most a hidden `.NAME.*.part` / `.NAME.partial-*` / `.NAME.old-*` sibling, never a file or
+folder under the real name that looks finished; the next write of NAME removes what a killed writer left.
 """
 
 from __future__ import annotations
@@ -14,11 +14,20 @@ import uuid
 from pathlib import Path
 
 
+def remove_leftovers(path: Path) -> None:
+    """The temporary siblings of `path` that a killed writer left (the outputs of one job are written by that
+    job alone: Snakemake never runs two jobs for one output)."""
+    for pattern in (f".{path.name}.*.part", f".{path.name}.partial-*", f".{path.name}.old-*"):
+        for leftover in path.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """A temporary name next to `path` to write to; it becomes `path` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
     try:
         yield tmp
@@ -49,6 +58,7 @@ def atomic_dir(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     umask = os.umask(0o022)
     os.umask(umask)

@@ -7,10 +7,11 @@ outputs before a job runs), so a killed trainer finds it again:
                 result (all but `epochs`); another identity gets another WORK, and a WORK whose run.json differs
                 is never loaded
   lock          held (flock) by the one trainer of this WORK
-  ckpt/         train-N checkpoints (weights, Adam state, learning rate, and the trainer's State as JSON), saved
-                every --checkpoint_secs and at each epoch end; tf.train.CheckpointManager points its `checkpoint`
-                file at a new one only after it is completely written, and numbers never repeat, so "latest" is
-                always whole
+  ckpt/         train-N checkpoints, N = DeepSpeech's global step (batches trained), with the weights, Adam
+                state, learning rate and the trainer's State as JSON; saved every --checkpoint_secs and at each
+                epoch end; tf.train.CheckpointManager points its `checkpoint` file at a new one only after it is
+                completely written, and a checkpoint that cannot be read (a save killed while it rewrote one of
+                the same step) gives way to the one before it
   best/         best_dev-N (DeepSpeech's best validating model, kept separately)
   metrics.csv   one row per epoch; summaries/ (TensorBoard); flags.json (the flags of the last run)
 
@@ -156,16 +157,21 @@ class Saver:
         return self.managers[name].latest_checkpoint
 
     def save(self, name: str, state: dict) -> str:
-        """Save a checkpoint; its number only grows, so a save never rewrites one that a state file points to."""
+        """Save `name`-N, N = the state's global step, as DeepSpeech numbered its checkpoints."""
         self.state.assign(json.dumps(state))
-        numbers = [int(m.group(1)) for p in self._directory(name).glob(f"{name}-*")
-                   if (m := re.match(rf"{name}-(\d+)", p.name))]
-        return self.managers[name].save(checkpoint_number=max(numbers, default=0) + 1)
+        return self.managers[name].save(checkpoint_number=state["global_step"])
 
-    def restore(self, path: str) -> dict:
-        """Weights, optimizer and state of checkpoint `path`; returns the state."""
-        self.checkpoint.read(path).expect_partial().assert_existing_objects_matched()
-        return json.loads(self.state.numpy().decode("utf-8"))
+    def restore(self, name: str) -> tuple[str, dict] | tuple[None, None]:
+        """Weights, optimizer and state of the latest readable `name` checkpoint: (its path, the state), or
+        (None, None) when there is none."""
+        for path in reversed(self.managers[name].checkpoints):
+            try:
+                self.checkpoint.read(path).expect_partial().assert_existing_objects_matched()
+            except Exception as e:  # TF raises OpError, IndexError, ValueError, ... for a damaged file
+                log.warning("%s cannot be read (%s); trying the checkpoint before it", path, str(e).splitlines()[0])
+                continue
+            return path, json.loads(self.state.numpy().decode("utf-8"))
+        return None, None
 
     def restore_weights(self, path: str) -> None:
         """Weights and optimizer (learning rate included) of `path`, not the state (DeepSpeech's plateau reload)."""

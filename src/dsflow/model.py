@@ -205,3 +205,28 @@ def adam(learning_rate: float, beta1: float = 0.9, beta2: float = 0.999, epsilon
     import keras
 
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta1, beta_2=beta2, epsilon=epsilon)
+
+
+def step_functions(net, opt, rates, dtype):
+    """The compiled steps: gradients(batch..., seed) -> (per-utterance losses, gradients) without applying
+    them (the caller skips the update on a non-finite loss), apply(gradients), evaluate(batch...) -> losses."""
+    batch = [tf.TensorSpec([None, None, N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
+             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(input_signature=batch + [tf.TensorSpec([2], tf.int64)])
+    def gradients(features, feature_lengths, labels, label_lengths, seed):
+        with tf.GradientTape() as tape:
+            logits = net(features, rates, seed, dtype)
+            losses = ctc_loss(logits, feature_lengths, labels, label_lengths)
+            loss = tf.reduce_mean(losses)  # DeepSpeech: mean over the batch, no length normalization
+        return losses, tape.gradient(loss, net.trainable_variables)
+
+    @tf.function
+    def apply(grads):
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+
+    @tf.function(input_signature=batch)
+    def evaluate(features, feature_lengths, labels, label_lengths):
+        return ctc_loss(net(features, None, None, dtype), feature_lengths, labels, label_lengths)
+
+    return gradients, apply, evaluate

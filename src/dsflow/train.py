@@ -103,35 +103,6 @@ class State:
         self.skipped_batches, self.seconds, self.audio_seconds = 0, 0.0, 0.0
 
 
-def step_functions(net, opt, rates, dtype):
-    """The compiled steps: gradients(batch..., seed) -> (per-utterance losses, gradients) without applying
-    them (the caller skips the update on a non-finite loss), apply(gradients), evaluate(batch...) -> losses."""
-    import tensorflow as tf
-
-    from dsflow import model
-
-    batch = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
-             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
-
-    @tf.function(input_signature=batch + [tf.TensorSpec([2], tf.int64)])
-    def gradients(features, feature_lengths, labels, label_lengths, seed):
-        with tf.GradientTape() as tape:
-            logits = net(features, rates, seed, dtype)
-            losses = model.ctc_loss(logits, feature_lengths, labels, label_lengths)
-            loss = tf.reduce_mean(losses)  # DeepSpeech: mean over the batch, no length normalization
-        return losses, tape.gradient(loss, net.trainable_variables)
-
-    @tf.function
-    def apply(grads):
-        opt.apply_gradients(zip(grads, net.trainable_variables))
-
-    @tf.function(input_signature=batch)
-    def evaluate(features, feature_lengths, labels, label_lengths):
-        return model.ctc_loss(net(features, None, None, dtype), feature_lengths, labels, label_lengths)
-
-    return gradients, apply, evaluate
-
-
 def _inputs(batch):
     return batch["features"], batch["feature_lengths"], batch["labels"], batch["label_lengths"]
 
@@ -187,7 +158,7 @@ class Trainer:
         self.opt.build(self.net.trainable_variables)
         self.saver = checkpoints.Saver(self.work, self.net, self.opt, args.max_to_keep)
         rates = model.dropout_rates(args.dropout_rate, args.dropout_rate2, args.dropout_rate3, args.dropout_rate6)
-        self.gradients, self.apply, self.evaluate = step_functions(self.net, self.opt, rates, dtype)
+        self.gradients, self.apply, self.evaluate = model.step_functions(self.net, self.opt, rates, dtype)
         self.schedule = Schedule(args.early_stop, args.es_epochs, args.es_min_delta, args.reduce_lr_on_plateau,
                                  args.plateau_epochs, args.plateau_reduction)
         summaries = Path(args.summary_dir) if args.summary_dir else self.work.path / "summaries"
@@ -219,12 +190,12 @@ class Trainer:
             self.saver = checkpoints.Saver(self.work, self.net, self.opt, self.args.max_to_keep)
             return None
         which = "best_dev" if load == "best" else "train"
-        path = self.saver.latest(which)
+        path, state = self.saver.restore(which)
         if path is None:
             if load != "auto":
                 raise UserError(f"load_train {load}: no {which} checkpoint in {self.work.path}")
             return None
-        self.state = State(**self.saver.restore(path))
+        self.state = State(**state)
         self.schedule.best_dev_loss = self.state.best_dev_loss
         self.schedule.epochs_without_improvement = self.state.epochs_without_improvement
         return path
@@ -338,7 +309,8 @@ class Trainer:
                 progress.update()
                 if self.signal is not None:
                     return False
-                if args.checkpoint_secs > 0 and now - self.last_save >= args.checkpoint_secs:
+                # timed saves within the epoch (its end saves anyway)
+                if 0 < args.checkpoint_secs <= now - self.last_save and st.step < self.n_batches:
                     self._save("train")
                     t = time.monotonic()
         return True
