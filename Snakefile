@@ -5,6 +5,8 @@
 
 import os
 
+import dsflow.log as dslog
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -57,3 +59,9 @@ onsuccess:
         print(
             "No export: export_dir is empty (DeepSpeech's default); set it to export the model."
         )
+
+
+onerror:
+    # One line per failed job, with its reason (the rest is in its log file).
+    for line in dslog.failure_summary(log):
+        print(f"dsflow: {line}")

@@ -1,6 +1,7 @@
 # Every global of the workflow, the input functions, and the list of final outputs (final_outputs()).
 import dsflow.config as dscfg
 import dsflow.deps as dsdeps
+import dsflow.fingerprint as dsfp
 import dsflow.flags as dsflags
 from snakemake.exceptions import WorkflowError
 
@@ -36,6 +37,28 @@ def split_csvs(split):
     return dsflags.file_list(config[f"{split}_files"])
 
 
+def source_files(split):
+    """The data of a split as you named it: your CSVs, or the Common Voice TSV (reports name it)."""
+    return [f"{CV_DIR}/{split}.tsv"] if CV_DIR else split_csvs(split)
+
+
+def audio_fingerprint(split):
+    """The content of the audio files the split's CSVs list (and for dev/test, train's: validation compares them),
+    so that a changed audio file re-runs its split (dsflow.fingerprint). The import's CSVs list the import's own
+    WAVs: the release's clips are fingerprinted for the import instead."""
+    if CV_DIR:
+        return ""
+    train = split_csvs("train") if split != "train" and TRAIN else []
+    return dsfp.of_csvs(split_csvs(split) + train)
+
+
+def clips_fingerprint():
+    """The content of the clips a Common Voice release lists (not of the demo corpus, a rule's output)."""
+    return (
+        dsfp.of_common_voice(CV_DIR) if CV_DIR and CV_DIR != dscfg.DEMO_CV_DIR else ""
+    )
+
+
 def code(command):
     """The package files a `dsflow COMMAND` job runs (its import closure), as inputs: Snakemake does not follow
     imports, and an edit of any of them must re-run the job."""
@@ -54,7 +77,7 @@ def final_outputs():
     # the report's figures and pages
     outputs.append("results/report/validation.html")
     if TRAIN:
-        outputs.append("results/report/training.png")
+        outputs += ["results/report/training.png", "results/report/run.html"]
     if EVALUATE:
         outputs.append("results/report/evaluation.html")
     return outputs

@@ -10,5 +10,7 @@ rule features:
     threads: 8
     params:
         flags=dsflags.render("features", config),
+        source=lambda w: ",".join(source_files(w.split)),
     shell:
-        "dsflow --log {log} features {params.flags} --csv {input.csv} --out_dir {output} --threads {threads}"
+        "dsflow --log {log} features {params.flags} --csv {input.csv} --out_dir {output}"
+        " --source={params.source:q} --threads {threads}"

@@ -15,6 +15,7 @@ rule import_cv:
         # Converted WAVs are a cache, not an output: Snakemake would delete them before a re-run.
         wav_dir="results/cache/import_wav",
         flags=dsflags.render("import-cv", config),
+        clips=lambda w: clips_fingerprint(),
     shell:
         "dsflow --log {log} import-cv {params.flags} --cv_dir {input.cv:q} --out_dir results/import"
         " --wav_dir {params.wav_dir} --alphabet_config_path {input.alphabet:q} --threads {threads}"

@@ -58,3 +58,20 @@ rule validation_page:
         f"{LOGS}/validation_page.log",
     shell:
         "dsflow --log {log} page --validation {input.summaries} --out {output}"
+
+
+rule run_page:
+    """The run that made the results: its training flags (flags.json) and progress, whatever the report's config."""
+    input:
+        checkpoint=CHECKPOINT_DIR,
+        code=code("page"),
+    output:
+        report(
+            "results/report/run.html",
+            caption="../report/run.rst",
+            category="Training",
+        ),
+    log:
+        f"{LOGS}/run_page.log",
+    shell:
+        "dsflow --log {log} page --run {input.checkpoint:q} --out {output}"

@@ -4,6 +4,9 @@ rule train:
         train="results/features/train",
         dev=expand("results/features/{split}", split=["dev"] if "dev" in SPLITS else []),
         alphabet=config["alphabet_config_path"],
+        # Every split is validated before training starts (a bad test CSV fails first, not hours later), but a
+        # re-validated split does not re-run training by itself: ancient() ignores these files' times.
+        validated=ancient(expand("results/validate/{split}.summary.json", split=SPLITS)),
         code=code("train"),
     output:
         directory(CHECKPOINT_DIR),

@@ -19,6 +19,7 @@ rule validate:
         csv=lambda w, input: ",".join(input.csv),
         train=lambda w, input: ",".join(input.train),
         flags=dsflags.render("validate", config),
+        audio=lambda w: audio_fingerprint(w.split),
     shell:
         "dsflow --log {log} validate {params.flags} --split {wildcards.split} --csv={params.csv:q}"
         " --train_csv={params.train:q} --alphabet_config_path {input.alphabet:q} --out_csv {output.csv}"

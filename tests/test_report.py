@@ -81,7 +81,9 @@ def test_snakemake_report_after_the_tiny_chain(tiny_chain, tmp_path):
     assert "WER:" in items["evaluation.html"] and "Best WER:" in items["evaluation.html"]
     assert "she had your dark suit in greasy wash water all year" in items["evaluation.html"]
     assert "<tr><td>test</td><td>20001</td><td>1</td><td>20000</td>" in items["validation.html"]
-    assert re.search(r"n_hidden</tt> 16\b", html)  # the front page (report/workflow.rst) shows the run's config
+    # the run that made the results, from its checkpoint folder: the tiny config's n_hidden 16, 1 epoch of 1
+    assert "<tr><th>n_hidden</th><td>16</td></tr>" in items["run.html"]
+    assert "<tr><th>epochs trained</th><td>1 of 1</td></tr>" in items["run.html"]
     for category in ("Training", "Evaluation", "Validation"):
         assert f'"{category}"' in html
     # Per-rule runtimes (Snakemake's "Statistics"): one entry per rule that ran.

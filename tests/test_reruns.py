@@ -19,7 +19,7 @@ from tests.conftest import ROOT, TINY
 from tests.workflow import snakemake
 
 pytestmark = pytest.mark.slow
-REPORT = {"plot", "evaluation_page", "validation_page"}  # the report's figures and pages follow their inputs
+REPORT = {"plot", "evaluation_page", "validation_page", "run_page"}  # the report's pages follow their inputs
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_second_run_does_nothing(wd):
 
 def test_a_training_hyperparameter_reruns_training_and_what_follows_only(wd):
     out = dry_run(wd, "learning_rate=0.01")
-    assert set(stale(out)) == {"train", "evaluate", "plot", "evaluation_page", "export"}
+    assert set(stale(out)) == {"train", "evaluate", "plot", "evaluation_page", "run_page", "export"}
     assert re.search(r"rule train:.*?reason: Params have changed since last execution", out, re.S)
 
 
@@ -115,8 +115,8 @@ def test_the_import_closures_are_what_the_stages_need(tiny_dag):
     frame count) and everything after; one of the report pages only the pages; one of the importer nothing here."""
     assert stale_after_editing("mfcc", tiny_dag) == {"validate": 3, "features": 3, "train": 1, "lm": 1,
                                                      "evaluate": 1, "export": 1, "plot": 1, "evaluation_page": 1,
-                                                     "validation_page": 1}
-    assert stale_after_editing("pages", tiny_dag) == {"validation_page": 1, "evaluation_page": 1}
+                                                     "validation_page": 1, "run_page": 1}
+    assert stale_after_editing("pages", tiny_dag) == {"validation_page": 1, "evaluation_page": 1, "run_page": 1}
     assert stale_after_editing("importer", tiny_dag) == {}
     assert stale_after_editing("decode", tiny_dag) == {"evaluate": 1, "plot": 1, "evaluation_page": 1}
 

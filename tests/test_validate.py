@@ -29,12 +29,19 @@ def run(tmp_path, rows, **kw):
     out = tmp_path / "out"
     kw.setdefault("split", "train")
     summary = validate(
-        kw.pop("split"), [str(csv)], ALPHABET, str(out / "v.csv"), str(out / "rej.tsv"), str(out / "sum.json"),
-        str(out / "audio"), **kw,
+        kw.pop("split"), [str(csv)], kw.pop("alphabet", ALPHABET), str(out / "v.csv"), str(out / "rej.tsv"),
+        str(out / "sum.json"), str(out / "audio"), **kw,
     )
     rejects = pd.read_csv(out / "rej.tsv", sep="\t", dtype=str, keep_default_na=False)
     validated = pd.read_csv(out / "v.csv", dtype=str, keep_default_na=False)
     return summary, rejects, validated
+
+
+def good(ldc):
+    """A clean row of its own audio (a split must keep at least one row): LDC93S1's first 2.5 s."""
+    if not (ldc / "good.wav").exists():
+        subprocess.run(["sox", str(ldc / "LDC93S1.wav"), str(ldc / "good.wav"), "trim", "0", "2.5"], check=True)
+    return "good.wav", "she had your dark suit"
 
 
 def reasons(rejects, wav):
@@ -76,7 +83,7 @@ def test_zero_length_audio(ldc, tmp_path):
     subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(ldc / "silence0.wav"), "trim", "0", "0"],
                    check=True)
     assert sf.info(str(ldc / "silence0.wav")).frames == 0
-    _, rejects, _ = run(tmp_path, [("silence0.wav", "a")])
+    _, rejects, _ = run(tmp_path, [("silence0.wav", "a"), good(ldc)])
     assert reasons(rejects, "silence0.wav") == {"no_audio": "dropped"}
 
 
@@ -112,7 +119,7 @@ def test_float_wav_is_converted_to_pcm16(ldc, tmp_path):
 
 
 def test_transcript_problems(ldc, tmp_path):
-    summary, rejects, _ = run(tmp_path, [("LDC93S1.wav", "she had your dárk suit in 2 greasy")])
+    summary, rejects, _ = run(tmp_path, [("LDC93S1.wav", "she had your dárk suit in 2 greasy"), good(ldc)])
     row = rejects[rejects.reason == "not_in_alphabet"]
     assert len(row) == 1 and "'á' (U+00E1)" in row.detail.iloc[0] and "'2'" in row.detail.iloc[0]
     assert summary["characters_not_in_alphabet"] == {"á": 1, "2": 1}
@@ -122,10 +129,20 @@ def test_empty_transcript_and_not_nfkc(ldc, tmp_path):
     for name in ("a.wav", "b.wav"):
         shutil.copy(ldc / "LDC93S1_pcms16le_1_8000.wav", ldc / name)
     # 'ﬁ' (U+FB01 ligature) is "fi" under NFKC
-    _, rejects, _ = run(tmp_path, [("a.wav", ""), ("LDC93S1.wav", "the \ufb01sh")])
+    _, rejects, _ = run(tmp_path, [("a.wav", ""), ("LDC93S1.wav", "the \ufb01sh"), good(ldc)])
     assert reasons(rejects, "a.wav")["empty_transcript"] == "dropped"
     nfkc = rejects[rejects.reason == "not_nfkc"]
-    assert len(nfkc) == 1 and "'the fish'" in nfkc.detail.iloc[0]
+    assert len(nfkc) == 1 and nfkc.detail.iloc[0] == "NFKC form: 'the fish' (U+FB01 -> U+0066 U+0069)"
+    # decomposed u + combining diaeresis: looks like the composed ü, differs in code points
+    _, rejects, _ = run(tmp_path, [("LDC93S1.wav", "gru\u0308n"), ("good.wav", "grün")], alphabet=Alphabet(list("grün")))
+    assert rejects.detail.iloc[0] == "NFKC form: 'grün' (U+0075 U+0308 -> U+00FC)"
+
+
+def test_a_split_that_keeps_no_row_fails_with_its_drop_summary(ldc, tmp_path):
+    with pytest.raises(UserError, match=r"validation of test kept none of the 2 rows of .*in.csv \(missing_file "
+                                        r"\(dropped\) 1, not_in_alphabet \(dropped\) 1\)"):
+        run(tmp_path, [("nope.wav", TEXT), ("LDC93S1.wav", "ÜBER")], split="test")
+    assert not (tmp_path / "out" / "v.csv").exists()
 
 
 def test_transcript_longer_than_frames(ldc, tmp_path):

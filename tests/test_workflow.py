@@ -25,7 +25,7 @@ def wf(tmp_path_factory):
 def test_default_dry_run_lists_the_demo_chain_in_order(wf):
     out = snakemake(wf, "-n").stdout
     assert jobs(out) == {"demo_corpus": 1, "import_cv": 1, "validate": 3, "features": 3, "train": 1, "lm": 1,
-                         "evaluate": 1, "plot": 1, "evaluation_page": 1,
+                         "evaluate": 1, "plot": 1, "evaluation_page": 1, "run_page": 1,
                          "validation_page": 1, "export": 1, "all": 1}
     first = [out.index(f"rule {r}:") for r in ("demo_corpus", "import_cv", "validate", "features", "train",
                                                 "evaluate", "export")]
@@ -35,12 +35,12 @@ def test_default_dry_run_lists_the_demo_chain_in_order(wf):
 def test_csv_config_skips_the_import(wf):
     # your own data: the smoke test's config, DeepSpeech's defaults for the rest (build_lm and export_dir set here)
     assert jobs(snakemake(wf, "-n", *SMOKE, "--config", "export_dir=", "build_lm=true").stdout) == {
-        "validate": 3, "features": 3, "train": 1, "lm": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1,
+        "validate": 3, "features": 3, "train": 1, "lm": 1, "evaluate": 1, "plot": 1, "evaluation_page": 1, "run_page": 1,
         "validation_page": 1, "all": 1}
     only_train = jobs(snakemake(wf, "-n", "--config", "train_files=data/ldc93s1/ldc93s1.csv",
                                 "export_dir=results/export").stdout)
-    assert only_train == {"validate": 1, "features": 1, "train": 1, "plot": 1, "validation_page": 1, "export": 1,
-                          "all": 1}
+    assert only_train == {"validate": 1, "features": 1, "train": 1, "plot": 1, "validation_page": 1, "run_page": 1,
+                          "export": 1, "all": 1}
     # DeepSpeech: an empty export_dir (its default: own data without one) means no export; the demo sets one.
     assert "export" not in jobs(snakemake(wf, "-n", "--config", "train_files=data/ldc93s1/ldc93s1.csv").stdout)
 
@@ -76,8 +76,8 @@ def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
         assert len(index) == 10 and (index.n_frames > 50).all()
     assert pd.read_csv(wd / "results/checkpoints/metrics.csv").epoch.tolist() == [0]
     evaluation = json.loads((wd / "results/evaluate/metrics.json").read_text())
-    assert evaluation["results/features/test"]["samples"] == 10
-    assert "Test on results/features/test - WER: " in (wd / "results/evaluate/report.md").read_text()
+    assert evaluation[f"{tiny_cv}/test.tsv"]["samples"] == 10  # the test set as you named it (DeepSpeech: its CSV)
+    assert f"Test on {tiny_cv}/test.tsv - WER: " in (wd / "results/evaluate/report.md").read_text()
     export = wd / "results/export"
     assert sorted(p.name for p in export.iterdir() if p.name != ".snakemake_timestamp") == [
         "alphabet.txt", "author_model_0.0.1.md", "metadata.json", "output_graph.tflite", "saved_model"]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dsflow import UserError, __version__
 from dsflow.atomic import atomic_dir, atomic_open, write_text
-from dsflow.log import log
+from dsflow.log import SHOW, log
 
 METRICS = ["epoch", "train_loss", "dev_loss", "epoch_seconds", "audio_seconds_per_second", "learning_rate",
            "skipped_batches", "best_dev_loss", "epochs_without_improvement", "global_step", "event"]
@@ -238,7 +238,7 @@ def publish(out: str | Path, saver: Saver, alphabet_path: str | Path, flags: dic
                                encoding="utf-8")
         shutil.copyfile(features_meta, tmp / FEATURES)
         write_metrics(tmp / METRICS_CSV, rows)
-    log.info("published %s", out)
+    log.info("published %s", out, extra=SHOW)
 
 
 def flags(checkpoint_dir: str | Path) -> dict:

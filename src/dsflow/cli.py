@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 
 from dsflow import UserError, gpu
@@ -60,17 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         # `--cores 8` on a smaller machine would otherwise oversubscribe TensorFlow's and our pools.
         args.threads = min(args.threads, len(os.sched_getaffinity(0)))
-    dslog.setup(args.log)
-    try:
-        gpu.prepare(args.command)  # before TensorFlow is imported: which GPU (if any) this job may use
-        return args.func(args)
-    except UserError as e:
-        dslog.log.error("%s", e)
-        return 2
-    except Exception:
-        dslog.log.exception("dsflow %s failed with an unexpected error (a bug: please report it with this log)",
-                            args.command)
-        return 1
+    with dslog.job_output(args.log, args.command):
+        dslog.log.info("dsflow %s", shlex.join(argv))
+        try:
+            gpu.prepare(args.command)  # before TensorFlow is imported: which GPU (if any) this job may use
+            return args.func(args)
+        except UserError as e:
+            dslog.log.error("%s", e)
+            return 2
+        except Exception:
+            dslog.log.exception("dsflow %s failed with an unexpected error (a bug: please report it with this log)",
+                                args.command)
+            return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from dsflow import flags
+from dsflow import UserError, csvfile, flags
 from dsflow.alphabet import Alphabet, AlphabetError
 from dsflow.mfcc import window_samples
 
@@ -120,6 +120,11 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
             for f in files[split]:
                 if not (base / f).is_file():
                     errors.append(f"{split}_files: {f!r} does not exist")
+                else:
+                    try:
+                        csvfile.check_header(base / f)
+                    except UserError as e:
+                        errors.append(f"{split}_files: {e}")
     try:
         Alphabet.from_file(base / config["alphabet_config_path"])
     except AlphabetError as e:

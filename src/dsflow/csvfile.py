@@ -8,10 +8,9 @@ in every message and table that names a row.
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
-
-import pandas as pd
 
 from dsflow import UserError
 from dsflow.atomic import atomic_open
@@ -20,9 +19,44 @@ COLUMNS = ("wav_filename", "wav_filesize", "transcript")
 REQUIRED = ("wav_filename", "transcript")
 
 
-def read(path: str | Path, columns: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
-    """A CSV as strings (nothing read as NaN), with `row` (1-based data row) and `path` (`wav_filename` resolved
-    against the CSV's folder) added. `columns`: those that must be there; an absent `wav_filesize` reads as ""."""
+def resolve(csv_path: str | Path, wav_filename: str) -> str:
+    """A `wav_filename` of the CSV at `csv_path` as a path (relative ones against the CSV's folder; "" stays "")."""
+    base = os.path.dirname(os.path.abspath(csv_path))
+    return os.path.normpath(os.path.join(base, wav_filename)) if wav_filename else ""
+
+
+def _missing_columns(path, found: list[str], columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise UserError(f"{path}: header must be {','.join(COLUMNS)}; missing {missing}, found {list(found)}")
+
+
+def check_header(path: str | Path) -> None:
+    """UserError unless the CSV exists and its header has wav_filename and transcript (reads one line)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except FileNotFoundError:
+        raise UserError(f"{path}: CSV file does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable UTF-8 CSV file: {e}") from None
+    _missing_columns(path, header, REQUIRED)
+
+
+def audio_paths(path: str | Path) -> list[str]:
+    """The audio files a CSV lists, resolved, in its order; with the standard library only (Snakemake calls this
+    when it builds the DAG, where importing pandas would cost more than reading the file)."""
+    check_header(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        return [resolve(path, row.get("wav_filename") or "") for row in csv.DictReader(f)]
+
+
+def read(path: str | Path, columns: tuple[str, ...] = REQUIRED):
+    """A CSV as a DataFrame of strings (nothing read as NaN), with `row` (1-based data row) and `path`
+    (`wav_filename` resolved against the CSV's folder) added. `columns`: those that must be there; an absent
+    `wav_filesize` reads as ""."""
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except FileNotFoundError:
@@ -31,16 +65,12 @@ def read(path: str | Path, columns: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
         raise UserError(f"{path}: not UTF-8 text ({e})") from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{path}: not a valid CSV file: {e}") from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: header must be {','.join(COLUMNS)}; missing {missing}, found "
-                        f"{list(frame.columns)}")
+    _missing_columns(path, list(frame.columns), columns)
     if "wav_filesize" not in frame.columns:
         frame["wav_filesize"] = ""
     frame["row"] = range(1, len(frame) + 1)
     if "wav_filename" in frame.columns:
-        base = os.path.dirname(os.path.abspath(path))
-        frame["path"] = [os.path.normpath(os.path.join(base, w)) if w else "" for w in frame["wav_filename"]]
+        frame["path"] = [resolve(path, w) for w in frame["wav_filename"]]
     return frame
 
 
@@ -53,9 +83,11 @@ def transcripts(paths: list[str | Path]) -> list[tuple[str, int, str]]:
     return out
 
 
-def deepspeech_order(frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+def deepspeech_order(frame, path: str | Path):
     """The rows in DeepSpeech's order (wav_filesize ascending, ties in file order), `wav_filesize` as int64
     (an absent column: 0). A size that is not a whole number is an error naming the row."""
+    import pandas as pd
+
     sizes = frame["wav_filesize"].replace("", "0")
     numeric = pd.to_numeric(sizes, errors="coerce")
     bad = numeric.isna() | (numeric != numeric.round())
@@ -69,6 +101,8 @@ def deepspeech_order(frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
 
 def write(path: str | Path, audio_paths, sizes, texts) -> None:
     """A DeepSpeech CSV (atomically), `wav_filename` relative to the CSV's folder."""
+    import pandas as pd
+
     folder = os.path.dirname(os.path.abspath(path))
     frame = pd.DataFrame({"wav_filename": [os.path.relpath(p, folder) for p in audio_paths],
                           "wav_filesize": list(sizes), "transcript": list(texts)}, columns=list(COLUMNS))

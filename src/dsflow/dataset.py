@@ -4,8 +4,9 @@ writes them (for `dsflow features`) and reads them back as DeepSpeech's batches 
   shard-NNNNN.tfrecord  tf.train.Example records (features float32 bytes [T*26], n_frames, transcript,
                         wav_filename, duration) in DeepSpeech's order, about `shard_seconds` of audio a shard
   index.csv             wav_filename, wav_filesize, transcript, n_frames, duration, shard (one row a record)
-  meta.json             sample_rate, win_len_ms, win_step_ms, n_input, count, total_seconds, csv, sha256 (of all
-                        records: the folder's content), dsflow_version
+  meta.json             sample_rate, win_len_ms, win_step_ms, n_input, count, total_seconds, csv (the validated
+                        CSV), source (the split's own CSVs, for reports), sha256 (of all records: the folder's
+                        content), dsflow_version
 
 Reading follows DeepSpeech 0.9.3 (util/feeding.py `create_dataset`): no shuffling, every epoch in ascending
 `wav_filesize` order (the order the shards are written in), features zero-padded to the longest item of the batch,
@@ -30,7 +31,7 @@ import numpy as np
 
 from dsflow import UserError, __version__
 from dsflow.alphabet import Alphabet
-from dsflow.log import Progress, log
+from dsflow.log import SHOW, Progress, log
 from dsflow.mfcc import N_INPUT
 
 SHARD = "shard-{:05d}.tfrecord"
@@ -123,7 +124,8 @@ def write(folder: Path, rows, batches, meta: dict, shard_seconds: float = 3600.0
     (folder / META).write_text(json.dumps({
         **meta, "n_input": N_INPUT, "count": len(index), "total_seconds": float(index["duration"].sum()),
         "sha256": digest.hexdigest(), "dsflow_version": __version__}, indent=2) + "\n", encoding="utf-8")
-    log.info("%d clips, %.2f h of audio, %d shards", len(index), index["duration"].sum() / 3600, shard + 1)
+    log.info("%d clips, %.2f h of audio, %d shards", len(index), index["duration"].sum() / 3600, shard + 1,
+             extra=SHOW)
     return index
 
 
@@ -139,6 +141,12 @@ def info(features_dir: str | Path):
                            keep_default_na=False, encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no feature index; run `dsflow features` for this split first") from None
+
+
+def source(features_dir: str | Path) -> str:
+    """The data a features folder was made from, as the user named it (the CSVs or Common Voice TSV of its split,
+    meta.json's `source`), else the folder itself."""
+    return ",".join(meta(features_dir).get("source") or []) or str(features_dir)
 
 
 def meta(features_dir: str | Path) -> dict:

@@ -21,7 +21,7 @@ import math
 from dsflow import UserError, flags, gpu
 from dsflow.atomic import write_text
 from dsflow.decode import Decoder
-from dsflow.log import Progress, log
+from dsflow.log import SHOW, Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
         "cer", "wer")
@@ -159,7 +159,7 @@ def evaluate(args) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
-    from dsflow import checkpoints, model
+    from dsflow import checkpoints, dataset, model
 
     dirs = [d.strip() for d in args.test_features.split(",") if d.strip()]
     if not dirs:
@@ -182,10 +182,11 @@ def evaluate(args) -> list[dict]:
         wer, cer = corpus_rates(samples)
         loss = float(np.mean(np.array([s["loss"] for s in samples], np.float32)))
         samples = sort_samples(samples)
-        text = report(d, samples, wer, cer, loss, args.report_count)
-        for line in text.rstrip("\n").split("\n"):
-            log.info("%s", line)
-        results.append({"name": d, "wer": wer, "cer": cer, "loss": loss, "samples": samples, "report": text})
+        name = dataset.source(d)  # DeepSpeech named the test CSV
+        text = report(name, samples, wer, cer, loss, args.report_count)
+        for i, line in enumerate(text.rstrip("\n").split("\n")):
+            log.info("%s", line, extra=SHOW if i == 0 else None)  # the WER/CER line on the terminal too
+        results.append({"name": name, "wer": wer, "cer": cer, "loss": loss, "samples": samples, "report": text})
 
     if args.test_output_file:
         rows = [{k: s[k] for k in KEYS} for r in results for s in r["samples"]]

@@ -30,7 +30,7 @@ from pathlib import Path
 from dsflow import UserError, __version__, flags
 from dsflow.atomic import atomic_dir
 from dsflow.exported import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES
-from dsflow.log import log
+from dsflow.log import SHOW, log
 
 
 
@@ -202,7 +202,7 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
         (tmp / METADATA).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "alphabet.txt").write_text(net.alphabet.to_file_text(), encoding="utf-8")
         (tmp / card).write_text(model_card(args, "tflite" if args.export_tflite else "tensorflow"), encoding="utf-8")
-    log.info("Models exported at %s", export_dir)
+    log.info("Models exported at %s", export_dir, extra=SHOW)
     log.info("Model metadata file saved to %s. Before submitting the exported model for publishing make sure all "
              "information in the metadata file is correct, and complete the URL fields.", export_dir / card)
     return export_dir

@@ -90,7 +90,7 @@ def batch_records(rows, csv_path, sample_rate: int, win_len: float, win_step: fl
 
 
 def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float = 32, win_step: float = 20,
-                   threads: int = 1, shard_seconds: float = 3600.0):
+                   threads: int = 1, shard_seconds: float = 3600.0, source: list[str] = ()):
     """Compute a split's features into a features folder in DeepSpeech order; returns the index.
 
     Built in a temporary sibling folder and moved onto `out_dir` only when complete.
@@ -103,7 +103,7 @@ def write_features(csv_path, out_dir, sample_rate: int = 16000, win_len: float =
         raise UserError(f"--shard_seconds must be positive, got {shard_seconds}")
     rows = read_csv(csv_path)
     meta = {"sample_rate": sample_rate, "win_len_ms": win_len, "win_step_ms": win_step,
-            "csv": str(Path(csv_path).resolve())}
+            "csv": str(Path(csv_path).resolve()), "source": list(source)}
     with atomic_dir(out_dir) as tmp:
         batches = batch_records(rows, csv_path, sample_rate, win_len, win_step, threads)
         index = dataset.write(tmp, rows, batches, meta, shard_seconds)
@@ -120,6 +120,7 @@ def add_parser(sub) -> None:
     p.add_argument("--csv", required=True, help="validated DeepSpeech CSV (wav_filename,wav_filesize,transcript)")
     p.add_argument("--out_dir", required=True, help="output folder (shards, index.csv, meta.json); replaced atomically")
     flags.add_options(p, "features")
+    p.add_argument("--source", default="", help="comma-separated: the data the CSV was validated from (reports name it)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker processes (default: all CPUs)")
     p.add_argument("--shard_seconds", type=float, default=3600.0,
                    help="audio seconds per shard (default 3600: one shard per hour of audio)")
@@ -129,5 +130,5 @@ def add_parser(sub) -> None:
 def _main(args) -> int:
     flags.check(args, "features")
     write_features(args.csv, args.out_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
-                   max(1, args.threads), args.shard_seconds)
+                   max(1, args.threads), args.shard_seconds, flags.file_list(args.source))
     return 0

@@ -29,7 +29,7 @@ from dsflow import UserError
 from dsflow import csvfile, flags, text
 from dsflow.atomic import atomic_open
 from dsflow.audio import CONVERTERS, ConversionError, convert, wav_frames
-from dsflow.log import Progress, log
+from dsflow.log import SHOW, Progress, log
 
 SPLITS = ("train", "dev", "test")
 REQUIRED_COLUMNS = ("path", "sentence")
@@ -88,7 +88,10 @@ def convert_all(clips: list[str], clips_dir: Path, wav_dir: Path, rate: int, thr
     results: dict[str, tuple[int, str, str]] = {}
     todo = []
     for clip in clips:
-        frames = wav_frames(wav_path(wav_dir, clip), rate)
+        wav, mp3 = wav_path(wav_dir, clip), clips_dir / clip
+        # a WAV older than its clip (the clip changed since) is converted again
+        fresh = clip and wav.exists() and mp3.is_file() and wav.stat().st_mtime >= mp3.stat().st_mtime
+        frames = wav_frames(wav, rate) if fresh else None
         if frames:
             results[clip] = (frames, "", "")
         elif not clip or not (clips_dir / clip).is_file():
@@ -238,7 +241,8 @@ def _report(split: str, imported: int, dropped: dict[str, int], imported_secs: f
         log.info("%s: Skipped %d samples that were too short to match the transcript.", split, dropped["too_short"])
     if dropped["too_long"]:
         log.info("%s: Skipped %d samples that were longer than %g seconds.", split, dropped["too_long"], max_secs)
-    log.info("%s: Final amount of imported audio: %s from %s.", split, _hms(imported_secs), _hms(total_secs))
+    log.info("%s: Final amount of imported audio: %s from %s.", split, _hms(imported_secs), _hms(total_secs),
+             extra=SHOW)
     reasons = ", ".join(f"{k} {v}" for k, v in dropped.items() if v)
     if reasons:
         log.info("%s: dropped by reason (see rejected.tsv): %s", split, reasons)

@@ -23,7 +23,7 @@ from pathlib import Path
 from dsflow import UserError, csvfile, flags
 from dsflow.alphabet import Alphabet, AlphabetError
 from dsflow.atomic import atomic_path, write_text
-from dsflow.log import log
+from dsflow.log import SHOW, log
 
 
 def add_parser(sub) -> None:
@@ -117,7 +117,7 @@ def build(paths: list[str], alphabet_path: str, output: str, order: int = 5, pru
         write_text(f"{output}.words", "".join(w + "\n" for w in sorted(words)))
         with atomic_path(output) as out:
             _run([build_binary, "-a", "255", "-q", "8", "-v", "trie", str(arpa_file), str(out)])
-    log.info("wrote %s (%d bytes) and %s.words", output, output.stat().st_size, output)
+    log.info("wrote %s (%d bytes) and %s.words", output, output.stat().st_size, output, extra=SHOW)
     return output
 
 

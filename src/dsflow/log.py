@@ -1,25 +1,99 @@
-"""Logging to the console and to a rule's log file, and progress lines with rate and ETA."""
+"""Logging to the console and to a rule's log file, and progress lines with rate and ETA.
+
+A job of the workflow (`dsflow --log FILE ...`) writes everything to FILE: its log lines, and whatever else the
+process prints to stderr (TensorFlow's and absl's start-up lines, Python warnings, tracebacks), since stderr
+itself goes to FILE while the job runs. The terminal, which Snakemake's own progress shares, gets only the job's
+progress lines and its warnings and errors, each prefixed with the command. Without --log everything goes to the
+terminal.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 
 log = logging.getLogger("dsflow")
+SHOW = {"progress": True}  # `extra` of a log line that a workflow job also shows on the terminal (a stage's result)
+DETAIL = {"detail": True}  # `extra` of a warning or error that only its log gets (one of many rows, say)
+FORMAT = "%(asctime)s %(levelname).1s %(message)s"
 
 
-def setup(logfile: str | None = None, level: int = logging.INFO) -> None:
-    """Send dsflow's log to stderr and, when given, to `logfile` (a Snakemake rule's `log:`)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+class _Terse(logging.Filter):
+    """What a workflow job shows on the terminal: progress lines, warnings, errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "detail", False):
+            return False
+        return record.levelno >= logging.WARNING or getattr(record, "progress", False)
+
+
+def setup(logfile: str | None = None, level: int = logging.INFO, console=None, command: str = "") -> None:
+    """Send dsflow's log to `console` (default stderr) and, when given, to `logfile` (a Snakemake rule's `log:`);
+    with a logfile, the console shows only progress, warnings and errors, prefixed with `command`."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(console or sys.stderr)]
+    handlers[0].setFormatter(logging.Formatter(FORMAT.replace("%(message)s", f"{command}: %(message)s")
+                                               if logfile and command else FORMAT, "%H:%M:%S"))
     if logfile:
+        handlers[0].addFilter(_Terse())
         handlers.append(logging.FileHandler(logfile, mode="a", encoding="utf-8"))
-    for h in handlers:
-        h.setFormatter(fmt)
+        handlers[1].setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     log.handlers[:] = handlers
     log.setLevel(level)
     log.propagate = False
+
+
+@contextlib.contextmanager
+def job_output(logfile: str | None, command: str = ""):
+    """Set up the log for one command (see the module docstring); with a logfile, the process's stderr goes to it
+    until the block ends."""
+    if not logfile:
+        setup(None)
+        yield
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    console = os.fdopen(os.dup(terminal), "w", buffering=1, encoding="utf-8", errors="replace")
+    with open(logfile, "a", encoding="utf-8") as f:
+        os.dup2(f.fileno(), 2)
+    saved, sys.stderr = sys.stderr, open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    setup(logfile, console=console, command=command)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        for h in log.handlers:
+            h.flush()
+        sys.stderr = saved
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        log.handlers[0].setStream(sys.stderr)
+        console.close()
+
+
+def failure_summary(snakemake_logs) -> list[str]:
+    """One line per failed job of a Snakemake run (from its main log files, Snakemake's `log` of onerror): the job's
+    last error or warning, from its own log."""
+    import re
+    from pathlib import Path
+
+    text = ""
+    for name in [snakemake_logs] if isinstance(snakemake_logs, (str, Path)) else snakemake_logs or []:
+        try:
+            text += Path(name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    lines = []
+    for rule, body in re.findall(r"Error in rule (\w+):\n(.*?)(?:\n\S|\Z)", text, re.S):
+        job_log = re.search(r"^\s+log: (\S+)", body, re.M)
+        reason = ""
+        if job_log and Path(job_log[1]).is_file():
+            found = re.findall(r"^\d\d:\d\d:\d\d [EW] (.*)$", Path(job_log[1]).read_text(errors="replace"), re.M)
+            reason = found[-1] if found else ""
+        lines.append(f"{rule}: {reason or 'failed'}" + (f" (log: {job_log[1]})" if job_log else ""))
+    return lines
 
 
 def _hms(seconds: float) -> str:
@@ -52,7 +126,7 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         tail = f"in {_hms(elapsed)}" if final else f"ETA {_hms((self.total - self.done) / rate) if rate else '?'}"
         log.info("%s: %d/%d %s (%.0f%%), %.1f %s/s, %s", self.what, self.done, self.total, self.unit, pct,
-                 rate, self.unit, tail)
+                 rate, self.unit, tail, extra={"progress": True})
 
     def close(self) -> None:
         self._line(time.monotonic(), final=True)

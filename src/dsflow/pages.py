@@ -67,10 +67,37 @@ def validation_page(summaries: list[str]) -> str:
     return page("Validation", "\n".join(body))
 
 
+def run_page(checkpoint_dir: str) -> str:
+    """The run that made a checkpoint folder: what was trained and how long, and every training flag it used (its
+    flags.json), whatever config the report is made with."""
+    from dsflow import checkpoints
+
+    esc = html.escape
+    flags = checkpoints.flags(checkpoint_dir)
+    rows = checkpoints.read_metrics(Path(checkpoint_dir) / checkpoints.METRICS_CSV)
+    features = checkpoints.features_meta(checkpoint_dir)
+    epochs = f"{len(rows)} of {flags.get('epochs')}" + (" (stopped early)" if rows and "early stop" in
+                                                         rows[-1].get("event", "") else "")
+    dev = [float(r["dev_loss"]) for r in rows if r.get("dev_loss")]
+    facts = [("checkpoint folder", checkpoint_dir), ("n_hidden", flags.get("n_hidden")), ("epochs trained", epochs),
+             ("best dev loss", f"{min(dev):.4f}" if dev else "(no dev set)"),
+             ("last learning rate", rows[-1]["learning_rate"] if rows else ""),
+             ("audio", f"{features.get('sample_rate')} Hz, windows {features.get('win_len_ms')}/"
+                       f"{features.get('win_step_ms')} ms")]
+    body = ["<h1>The run that made these results</h1>",
+            "<p>Read from the checkpoint folder, not from the configuration the report was made with.</p>",
+            "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts) + "</table>",
+            "<h2>Training flags (flags.json)</h2>",
+            "<table>" + "".join(f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(v))}</td></tr>" for k, v in flags.items())
+            + "</table>"]
+    return page("Run", "\n".join(body))
+
+
 def _main(args) -> int:
-    if bool(args.markdown) == bool(args.validation):
-        raise UserError("give either --markdown FILE or --validation SUMMARY.json ...")
-    text = markdown_page(args.markdown) if args.markdown else validation_page(args.validation)
+    if sum(map(bool, (args.markdown, args.validation, args.run))) != 1:
+        raise UserError("give either --markdown FILE or --validation SUMMARY.json ... or --run CHECKPOINT_DIR")
+    text = (markdown_page(args.markdown) if args.markdown else validation_page(args.validation) if args.validation
+            else run_page(args.run))
     write_text(args.out, text)
     log.info("wrote %s", args.out)
     return 0
@@ -81,5 +108,6 @@ def add_parser(sub) -> None:
                        description=__doc__)
     p.add_argument("--markdown", help="a Markdown file to render (results/evaluate/report.md)")
     p.add_argument("--validation", nargs="+", help="validation summaries (results/validate/*.summary.json)")
+    p.add_argument("--run", help="a checkpoint folder: the run that made it (its flags.json, metrics.csv)")
     p.add_argument("--out", required=True, help="the HTML page")
     p.set_defaults(func=_main)

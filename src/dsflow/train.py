@@ -28,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from dsflow import UserError, checkpoints, dataset, flags, gpu
-from dsflow.log import Progress, log
+from dsflow.log import SHOW, Progress, log
 from dsflow.schedule import Schedule
 
 # Flags that do not change the trained model: they may differ between the runs of one state folder.
@@ -247,7 +247,7 @@ class Trainer:
                             Path(args.train_features) / dataset.META, self.rows)
         if args.metrics:
             checkpoints.write_metrics(args.metrics, self.rows)
-        log.info("FINISHED optimization in %s", timedelta(seconds=round(time.monotonic() - started)))
+        log.info("FINISHED optimization in %s", timedelta(seconds=round(time.monotonic() - started)), extra=SHOW)
         return 0
 
     def _on_signal(self, signum, frame):
@@ -323,7 +323,7 @@ class Trainer:
         rate = st.audio_seconds / st.seconds if st.seconds else math.nan
         log.info("Finished training epoch %d - loss: %f (%.0f s, %.2f audio seconds/s, learning rate %g%s)",
                  epoch, train_loss, st.seconds, rate, lr,
-                 f", {st.skipped_batches} batches skipped" if st.skipped_batches else "")
+                 f", {st.skipped_batches} batches skipped" if st.skipped_batches else "", extra=SHOW)
         row = {"epoch": epoch, "train_loss": train_loss, "dev_loss": "", "epoch_seconds": round(st.seconds, 3),
                "audio_seconds_per_second": rate, "learning_rate": lr, "skipped_batches": st.skipped_batches,
                "global_step": st.global_step, "event": ""}
@@ -382,7 +382,7 @@ class Trainer:
                     set_steps += 1
                     progress.update()
             set_loss = set_total / set_steps
-            log.info("Finished validating epoch %d on %s - loss: %f", epoch, d, set_loss)
+            log.info("Finished validating epoch %d on %s - loss: %f", epoch, d, set_loss, extra=SHOW)
             total += set_loss * set_steps
             steps += set_steps
         return total / steps

@@ -28,7 +28,7 @@ from dsflow import UserError, atomic, csvfile, flags
 from dsflow.alphabet import Alphabet
 from dsflow.flags import file_list
 from dsflow.audio import PCM16, ConversionError, NotWav, WavInfo, convert, probe
-from dsflow.log import Progress, log
+from dsflow.log import DETAIL, SHOW, Progress, log
 from dsflow.mfcc import n_frames, window_samples
 
 ERROR, CONVERT, FIXED, WARNING = "error", "convert", "fixed", "warning"
@@ -138,12 +138,23 @@ def check_transcript(row: Row, alphabet: Alphabet, frames: int | None) -> None:
         return
     nfkc = unicodedata.normalize("NFKC", text)
     if nfkc != text:
-        row.add("not_nfkc", f"NFKC form: {nfkc!r}")
+        row.add("not_nfkc", f"NFKC form: {nfkc!r} ({changed_codepoints(text, nfkc)})")
     missing = alphabet.missing(text)
     if missing:
         row.add("not_in_alphabet", " ".join(f"{c!r} (U+{ord(c):04X})" for c in missing))
     elif frames is not None and ctc_min_frames(text) > frames:
         row.add("transcript_too_long", f"{ctc_min_frames(text)} CTC steps needed, {frames} frames")
+
+
+def changed_codepoints(text: str, normalized: str) -> str:
+    """Where two strings that may look identical differ, as code points: 'U+0075 U+0308 -> U+00FC; ...'."""
+    import difflib
+
+    def points(s: str) -> str:
+        return " ".join(f"U+{ord(c):04X}" for c in s) or "(nothing)"
+
+    ops = difflib.SequenceMatcher(None, text, normalized, autojunk=False).get_opcodes()
+    return "; ".join(f"{points(text[a:b])} -> {points(normalized[c:d])}" for tag, a, b, c, d in ops if tag != "equal")
 
 
 def _converted_name(row: Row) -> str:
@@ -260,8 +271,12 @@ def validate(
     if policy == "fail" and bad:
         raise UserError(
             f"validation of {split} failed: {len(bad)} of {len(rows)} rows have errors (validation_policy: fail); "
-            "each is listed above with its file, row and reason"
+            "each is listed with its file, row and reason in the job's log"
         )
+    if not kept:
+        reasons = ", ".join(f"{what} {n}" for what, n in result["problems"].items() if "dropped" in what)
+        raise UserError(f"validation of {split} kept none of the {len(rows)} rows of {', '.join(csvs)} "
+                        f"({reasons or 'the CSV has no rows'}); each row is listed with its file, row and reason in the job's log")
     atomic.write_text(rejects, pd.DataFrame(table, columns=["csv", "row", "wav_filename", "reason", "action",
                                                              "detail"]).to_csv(sep="\t", index=False))
     atomic.write_text(summary, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -294,14 +309,14 @@ def _report(result: dict, table: list[dict]) -> None:
     for t in table:
         log_fn = log.error if t["action"] in ("dropped", "failed") else log.warning
         log_fn("%s row %d (%s): %s, %s%s", t["csv"], t["row"], t["wav_filename"], t["reason"], t["action"],
-               f": {t['detail']}" if t["detail"] else "")
+               f": {t['detail']}" if t["detail"] else "", extra=DETAIL)
     log.info("%s: %d rows, %d kept (%.3f h), %d dropped", result["split"], result["rows"], result["rows_kept"],
-             result["hours"], result["rows_dropped"])
+             result["hours"], result["rows_dropped"], extra=SHOW)
     for what, n in sorted(result["problems"].items()):
-        log.info("  %-40s %d", what, n)
+        log.info("  %-40s %d", what, n, extra=SHOW)
     if result["characters_not_in_alphabet"]:
         log.info("  characters not in the alphabet: %s", ", ".join(
-            f"{c!r} x{n}" for c, n in result["characters_not_in_alphabet"].items()))
+            f"{c!r} x{n}" for c, n in result["characters_not_in_alphabet"].items()), extra=SHOW)
 
 
 def add_parser(sub) -> None:
