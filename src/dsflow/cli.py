@@ -25,6 +25,7 @@ COMMANDS = [
     "dsflow.plot",
     "dsflow.pages",
     "dsflow.export",
+    "dsflow.dscheckpoint",
     "dsflow.transcribe",
 ]
 
