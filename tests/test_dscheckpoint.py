@@ -292,7 +292,9 @@ def ds_checkpoint(tmp_path_factory):
     ds.session.run(ds.train_op, ds.feed(features, lengths, labels))
     directory = tmp_path_factory.mktemp("ds")
     prefix = ds.save(str(directory / "train"))
-    return directory, prefix, ds.values()
+    values = ds.values()
+    ds.session.close()
+    return directory, prefix, values
 
 
 EXPECTED_DROPS = {  # DeepSpeech's rule, by hand: N drops the last N layers, counted from the output
@@ -393,6 +395,21 @@ def test_refusals_name_the_tensor_the_shapes_and_the_fix(ds_checkpoint, tmp_path
         dscheckpoint.load_into(*fresh(16, 29), trained)
     with pytest.raises(UserError, match="neither a checkpoint folder nor a checkpoint prefix"):
         dscheckpoint.load_into(*fresh(16, 29), tmp_path / "nothing")
+
+
+def test_adam_step_is_global_step_checked_against_the_beta_powers(ds_checkpoint, tmp_path, caplog):
+    _, prefix, values = ds_checkpoint
+    assert values["global_step"] == 1 and values["beta1_power"] == np.float32(0.9) ** 2  # TF1: beta^(t+1)
+    no_step = rewrite(prefix, tmp_path / "no_step", lambda t: t.pop("global_step"))
+    net, opt = fresh(16, 29)
+    with caplog.at_level(logging.WARNING, logger="dsflow"):
+        assert dscheckpoint.load_into(net, opt, no_step).global_step == 1
+    assert "no global_step; Adam's step 1 taken from beta1_power" in caplog.text
+    caplog.clear()
+    reset = rewrite(prefix, tmp_path / "reset", lambda t: t.update(beta2_power=np.float32(0.999)))
+    with caplog.at_level(logging.WARNING, logger="dsflow"):
+        assert dscheckpoint.load_into(*fresh(16, 29), reset).global_step == 1
+    assert "beta2_power is Adam step 0.0 with beta 0.999, but global_step is 1" in caplog.text
 
 
 def test_cudnn_checkpoint_needs_load_cudnn_for_its_lstm_moments(ds_checkpoint, tmp_path, caplog):

@@ -298,23 +298,19 @@ def load_into(net, opt, path: str | Path, which: str = "auto", drop_source_layer
         log.warning("%s: no Adam moments for %s; they start at zero", prefix,
                     ", ".join(sorted(set(state.fresh_moments) - set(state.initialized))))
 
-    powers = {p: reader.get_tensor(p) for p in ("beta1_power", "beta2_power") if p in shapes}
-    steps = {p: _step_of(powers[p], float(b)) for p, b in (("beta1_power", opt.beta_1), ("beta2_power", opt.beta_2))
-             if p in powers}
-    steps = {p: t for p, t in steps.items() if t is not None}
-    if "global_step" in shapes:
-        state.global_step = int(reader.get_tensor("global_step"))
-    elif steps:
-        state.global_step = round(next(iter(steps.values())))
-        log.warning("%s: no global_step; Adam's step %d taken from its beta powers", prefix, state.global_step)
-    else:
-        log.warning("%s: no global_step; starting Adam's step count at 0", prefix)
-    for p, t in steps.items():
-        if abs(t - state.global_step) > 0.5:
-            log.warning("%s: %s = %g is Adam step %.1f with beta %s, but global_step is %d (other beta1/beta2, or "
+    step = int(reader.get_tensor("global_step")) if "global_step" in shapes else None
+    for p, beta in (("beta1_power", float(opt.beta_1)), ("beta2_power", float(opt.beta_2))):
+        t = _step_of(reader.get_tensor(p), beta) if p in shapes else None
+        if t is not None and step is None:
+            step = round(t)
+            log.warning("%s: no global_step; Adam's step %d taken from %s", prefix, step, p)
+        elif t is not None and abs(t - step) > 0.5:
+            log.warning("%s: %s is Adam step %.1f with beta %g, but global_step is %d (other beta1/beta2, or "
                         "DeepSpeech's drop_source_layers 5 reset beta2_power); dsflow's Adam continues at step %d",
-                        prefix, p, float(powers[p]), t, opt.beta_1 if p == "beta1_power" else opt.beta_2,
-                        state.global_step, state.global_step)
+                        prefix, p, round(t, 1) + 0.0, beta, step, step)
+    if step is None:
+        log.warning("%s: no global_step or beta powers; Adam's step count starts at 0", prefix)
+    state.global_step = step or 0
     if n == 5:
         log.warning("drop_source_layers 5: DeepSpeech also re-initializes beta2_power (its name contains '2'), "
                     "restarting the second-moment bias correction of every kept layer; Keras' Adam has one step "
