@@ -31,6 +31,7 @@ COMMANDS = {
     "transcribe": "dsflow.transcribe",
     "alphabet": "dsflow.characters",
     "config-doc": "dsflow.config",
+    "export-checkpoint": "dsflow.dscheckpoint",
 }
 
 
