@@ -22,6 +22,8 @@ COMMANDS = [
     "dsflow.train",
     "dsflow.evaluate",
     "dsflow.lm",
+    "dsflow.scorer",
+    "dsflow.lm_optimize",
     "dsflow.plot",
     "dsflow.pages",
     "dsflow.export",

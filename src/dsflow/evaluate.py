@@ -1,6 +1,6 @@
 """`dsflow evaluate`: DeepSpeech 0.9.3's test-set evaluation (evaluate.py, util/evaluate_tools.py).
 
-Per test set: the per-utterance CTC loss and transcript (DeepSpeech's beam search with the KenLM scorer when
+Per test set: the per-utterance CTC loss and transcript (DeepSpeech's beam search with the scorer when
 --scorer_path is given, else greedy best-path decoding; see dsflow.decode), then DeepSpeech's metrics and report:
   per sample  char_distance / word_distance = Levenshtein over characters / over split() words,
               cer = char_distance / len(src), wer = word_distance / len(src.split()) (uncapped)
@@ -20,7 +20,7 @@ import math
 
 from dsflow import UserError, gpu
 from dsflow.atomic import write_text
-from dsflow.decode import BEAM_THRESHOLD, LM_ALPHA, LM_BETA, Decoder
+from dsflow.decode import BEAM_THRESHOLD, Decoder
 from dsflow.log import Progress, log
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
@@ -43,10 +43,13 @@ def add_parser(sub) -> None:
     a("--metrics", help="write per test set {wer, cer, loss, samples} here (JSON)")
     a("--threads", type=int, default=0, help="TensorFlow intra-op threads and decoder processes (0: TensorFlow's "
                                                "default, one decoder process)")
-    a("--scorer_path", default="", help="KenLM scorer for the beam search (empty: greedy decoding)")
+    a("--scorer_path", default="", help="scorer for the beam search: a .scorer package, or a KenLM model (ARPA, or "
+                                        "binary with its .words) (empty: greedy decoding)")
     a("--beam_width", type=int, default=1024)
-    a("--lm_alpha", type=float, default=LM_ALPHA, help="language model weight")
-    a("--lm_beta", type=float, default=LM_BETA, help="word insertion bonus")
+    a("--lm_alpha", type=float, help="language model weight (default: the .scorer package's, else DeepSpeech's "
+                                     "0.931289039105002)")
+    a("--lm_beta", type=float, help="word insertion bonus (default: the .scorer package's, else DeepSpeech's "
+                                    "1.1834137581510284)")
     a("--cutoff_prob", type=float, default=1.0, help="cumulative probability cut-off per frame (1.0: off)")
     a("--cutoff_top_n", type=int, default=300, help="characters tried per frame")
     a("--beam_threshold", type=float, default=BEAM_THRESHOLD,
@@ -128,14 +131,12 @@ def markdown(checkpoint: str, results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
-    """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
-    dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
+def acoustic(net, features_dir: str, batch_size: int, step) -> tuple[list[tuple], list]:
+    """Run the network over a features folder (index order): [(wav_filename, transcript, loss)] and each
+    utterance's softmax probabilities [T, C] (its real frames only)."""
     import numpy as np
 
     from dsflow import dataset
-
-    decoder = decoder or Decoder(net.alphabet)
 
     index = dataset.info(features_dir)
     data = dataset.load(features_dir, net.alphabet, batch_size, train=False)
@@ -158,16 +159,41 @@ def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, thre
                 pending.append((name, row["transcript"], losses[i]))
                 probs.append(softmax[: lengths[i], i])
             progress.update()
+    return pending, probs
+
+
+def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
+    """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
+    dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
+    decoder = decoder or Decoder(net.alphabet)
+    pending, probs = acoustic(net, features_dir, batch_size, step)
     if decoder.scorer_path:
-        log.info("beam search (beam_width %d, scorer %s) of %d utterances in %d processes", decoder.beam_width,
-                 decoder.scorer_path, len(probs), threads)
+        log.info("beam search (beam_width %d, scorer %s, lm_alpha %g, lm_beta %g) of %d utterances in %d "
+                 "processes", decoder.beam_width, decoder.scorer_path, decoder.lm_alpha, decoder.lm_beta, len(probs),
+                 threads)
     texts = decoder.decode_batch(probs, threads)
     return [sample_result(name, src, res, loss) for (name, src, loss), res in zip(pending, texts)]
 
 
+def make_step(net):
+    """The evaluation step: (features, lengths, labels, label lengths) -> (logits [T, B, C], CTC losses)."""
+    import tensorflow as tf
+
+    from dsflow import model
+
+    spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def step(features, feature_lengths, labels, label_lengths):
+        logits = net(features, None, None, tf.float32)  # [T, B, C]; evaluation always in float32
+        return logits, model.ctc_loss(logits, feature_lengths, labels, label_lengths)
+
+    return step
+
+
 def evaluate(args) -> list[dict]:
     import numpy as np
-    import tensorflow as tf
 
     from dsflow import model
 
@@ -179,13 +205,7 @@ def evaluate(args) -> list[dict]:
     net = model.load(args.checkpoint_dir, args.load_evaluate)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)
-    spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
-
-    @tf.function(input_signature=spec)
-    def step(features, feature_lengths, labels, label_lengths):
-        logits = net(features, None, None, tf.float32)  # [T, B, C]; evaluation always in float32
-        return logits, model.ctc_loss(logits, feature_lengths, labels, label_lengths)
+    step = make_step(net)
 
     results = []
     for d in dirs:

@@ -59,24 +59,36 @@ def _probing_table(entries: int, multiplier: float, entry_size: int) -> int:
     return buckets * entry_size
 
 
+class NotKenLM(ValueError):
+    pass
+
+
 def kenlm_end(path: str | Path) -> int:
-    """The file offset where a KenLM binary's search data ends (KenLM's VocabStringReadingOffset); ValueError
-    if the file is not a KenLM binary this code knows."""
+    """The file offset where a KenLM binary's search data ends (KenLM's VocabStringReadingOffset); NotKenLM if
+    the file is not a KenLM binary, ValueError if it is one this code cannot read (the message says why)."""
     with open(path, "rb") as f:
         head = f.read(len(KENLM_SANITY) + KENLM_PARAMS.size)
         if not head.startswith(b"mmap lm http://kheafield.com/code"):
-            raise ValueError("not a KenLM binary")
+            raise NotKenLM("not a KenLM binary")
+        if len(head) < len(KENLM_SANITY) + KENLM_PARAMS.size:
+            raise ValueError("truncated: the file ends inside the language model's header")
         if head[:len(KENLM_SANITY)] != KENLM_SANITY:
             raise ValueError("a KenLM binary of another format version or machine")
         order, multiplier, model, _vocab, version = KENLM_PARAMS.unpack_from(head, len(KENLM_SANITY))
         if not 2 <= order <= 255 or model >= len(KENLM_TYPES) or version != (0 if model < 2 else 1):
             raise ValueError(f"a KenLM binary with an unknown header (order {order}, type {model})")
-        counts = struct.unpack(f"<{order}Q", f.read(8 * order))
+        counts = f.read(8 * order)
+        if len(counts) < 8 * order:
+            raise ValueError("truncated: the file ends inside the language model's header")
+        counts = struct.unpack(f"<{order}Q", counts)
         header = _align8(len(KENLM_SANITY) + KENLM_PARAMS.size + 8 * order)
 
         def config(offset: int, n: int) -> bytes:  # BinaryFormat::ReadForConfig
             f.seek(header + offset)
-            return f.read(n)
+            data = f.read(n)
+            if len(data) < n:
+                raise ValueError("truncated: the file ends inside the language model's data")
+            return data
 
         if model < 2:  # ProbingVocabulary + HashedSearch<BackoffValue or RestValue>
             vocab = 8 + _probing_table(counts[0], multiplier, 12)
@@ -205,15 +217,14 @@ def set_defaults(path: str | Path, default_alpha: float, default_beta: float, ou
     """A copy of the package `path` at `output` (default: `path` itself, replaced atomically) whose header holds
     new default alpha/beta."""
     try:
-        read_package(path)
-        lm_end = kenlm_end(path)
+        package = read_package(path)
     except (ValueError, OSError) as e:
         raise UserError(f"{path}: not a scorer package whose defaults can be set: {e}") from None
     with atomic_path(output or path) as tmp:
         shutil.copyfile(path, tmp)
         with open(tmp, "r+b") as f:
-            f.seek(lm_end)
-            f.write(PACKAGE_HEADER.pack(PACKAGE_MAGIC, PACKAGE_VERSION, 0, default_alpha, default_beta))
+            f.seek(package.lm_end)
+            f.write(PACKAGE_HEADER.pack(PACKAGE_MAGIC, PACKAGE_VERSION, package.utf8, default_alpha, default_beta))
     return Path(output or path)
 
 
@@ -268,8 +279,10 @@ def load(path: str | Path, alphabet: Alphabet) -> Scorer:
         else:
             try:
                 lm_end = kenlm_end(path)
-            except ValueError:
-                lm_end = None  # not a KenLM binary: KenLM's own loader will say so
+            except NotKenLM:
+                lm_end = None  # KenLM's own loader will say what it is not
+            except ValueError as e:
+                raise UserError(f"scorer_path: {path}: {e}") from None
             if lm_end is not None and os.path.getsize(path) != lm_end and not _has_vocab_strings(path):
                 try:
                     package = read_package(path, lm_end)
@@ -301,3 +314,60 @@ def _has_vocab_strings(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(len(KENLM_SANITY))
         return KENLM_PARAMS.unpack(f.read(KENLM_PARAMS.size))[3]
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("scorer-package", help="DeepSpeech's generate_scorer_package: a .scorer package from a "
+                                              "KenLM binary (build_binary -v) and a vocabulary", description=__doc__)
+    a = p.add_argument
+    a("--alphabet", required=True, help="the model's alphabet (words outside it are left out, as DeepSpeech did)")
+    a("--lm", required=True, help="KenLM binary built with build_binary -v (e.g. `dsflow build-lm` output)")
+    a("--vocab", required=True, help="the vocabulary: words separated by whitespace")
+    a("--package", required=True, help="the .scorer file to write")
+    a("--default_alpha", type=float, required=True)
+    a("--default_beta", type=float, required=True)
+    p.set_defaults(func=_package)
+    p = sub.add_parser("scorer-set-defaults", help="write new default lm_alpha/lm_beta into a .scorer package "
+                                                   "(e.g. the best pair of `dsflow lm-optimize`)")
+    a = p.add_argument
+    a("scorer", help="the .scorer package")
+    a("--default_alpha", type=float, help="new default lm_alpha")
+    a("--default_beta", type=float, help="new default lm_beta")
+    a("--from_json", help="take lm_alpha and lm_beta from this JSON file (`dsflow lm-optimize --output`)")
+    a("--output", help="write the changed package here (default: replace the scorer itself, atomically)")
+    p.set_defaults(func=_set_defaults)
+
+
+def _package(args) -> int:
+    from dsflow.alphabet import AlphabetError
+    from dsflow.log import log
+
+    try:
+        alphabet = Alphabet.from_file(args.alphabet)
+        words = Path(args.vocab).read_text(encoding="utf-8").split()
+    except (AlphabetError, OSError, UnicodeDecodeError) as e:
+        raise UserError(f"scorer-package: {e}") from None
+    write_package(args.lm, words, alphabet, args.package, args.default_alpha, args.default_beta)
+    log.info("wrote %s", args.package)
+    return 0
+
+
+def _set_defaults(args) -> int:
+    import json
+
+    from dsflow.log import log
+
+    alpha, beta = args.default_alpha, args.default_beta
+    if args.from_json:
+        try:
+            best = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+            alpha, beta = float(best["lm_alpha"]), float(best["lm_beta"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{args.from_json}: no lm_alpha/lm_beta to read ({e})") from None
+    if alpha is None or beta is None:
+        raise UserError("scorer-set-defaults: give --default_alpha and --default_beta, or --from_json")
+    out = set_defaults(args.scorer, alpha, beta, args.output)
+    log.info("%s: default lm_alpha %r, lm_beta %r", out, alpha, beta)
+    return 0
