@@ -110,71 +110,69 @@ class Acceptor:
 def minimal_acceptor(sequences: Iterable[Iterable[int]]) -> Acceptor:
     """The acceptor of a set of non-empty label sequences (labels >= 1) as DeepSpeech's fill_dictionary makes
     it with OpenFst's Determinize + Minimize, states numbered as they number them (see the module's doc)."""
-    seqs = sorted(set(tuple(s) for s in sequences))
-    if not seqs or not seqs[0]:
+    seqs = [tuple(s) for s in sequences]
+    if not seqs or min(map(len, seqs)) == 0:
         raise ValueError("minimal_acceptor needs non-empty label sequences")
-    # the prefix trie, nodes in depth-first (= lexicographic) order; node 0 is the root
-    parent, label, depth, final = [-1], [0], [0], [False]
-    path_nodes: list[int] = [0]  # the nodes of the previous sequence's path, root first
-    prev: tuple = ()
-    for seq in seqs:
-        common = 0
-        while common < min(len(prev), len(seq)) and prev[common] == seq[common]:
-            common += 1
-        del path_nodes[common + 1:]
-        for i in range(common, len(seq)):
-            parent.append(path_nodes[-1])
-            label.append(seq[i])
-            depth.append(i + 1)
-            final.append(False)
-            path_nodes.append(len(parent) - 1)
-        final[path_nodes[-1]] = True
-        prev = seq
-    parent_a, label_a, depth_a = np.array(parent), np.array(label, np.int32), np.array(depth)
-    final_a = np.array(final)
-    # breadth-first numbering: by depth, and within a depth by prefix, which is the depth-first order
-    order = np.argsort(depth_a, kind="stable")
-    bfs = np.empty_like(order)
-    bfs[order] = np.arange(len(order))
-    parent_b = np.where(parent_a[order] >= 0, bfs[parent_a[order]], -1)
-    label_b, depth_b, final_b = label_a[order], depth_a[order], final_a[order]
-    n = len(order)
-    # children of each state (already in label order: siblings are consecutive in bfs order, sorted by label)
-    first = np.zeros(n + 1, np.int64)
-    np.add.at(first, parent_b[1:] + 1, 1)
-    first = np.cumsum(first)
-    # the children of s are states first[s] + 1 ... first[s + 1]: breadth-first order groups them by parent
+    width = max(map(len, seqs))
+    rows = np.zeros((len(seqs), width), np.int32)  # 0-padded, so a prefix sorts before its extensions
+    for i, seq in enumerate(seqs):
+        rows[i, :len(seq)] = seq
+    rows = np.unique(rows, axis=0)
+    lengths = np.count_nonzero(rows, axis=1)
+    differs = rows[1:] != rows[:-1]
+    lcp = np.concatenate([[0], np.argmax(differs, axis=1)])  # common prefix with the previous sequence
+    # The prefix trie, breadth first: the nodes of depth d are the prefixes seq[:d] first met at sequence i (the
+    # i with lcp[i] < d <= length[i]), in the order of i, which is the order of the prefixes.
+    index = np.arange(len(rows))
+    parent, label, final = [np.array([-1])], [np.array([0], np.int32)], [np.array([False])]
+    node_of = np.zeros(len(rows), np.int64)  # node of depth d - 1 first met at each sequence (the root for d=1)
+    owner = np.zeros(len(rows), np.int64)  # for every sequence: which sequence first met its prefix of depth d - 1
+    count = 1
+    for d in range(1, width + 1):
+        new = np.nonzero((lcp < d) & (lengths >= d))[0]
+        parent.append(node_of[owner[new]])
+        label.append(rows[new, d - 1])
+        final.append(lengths[new] == d)
+        node_of = np.zeros(len(rows), np.int64)
+        node_of[new] = count + np.arange(len(new))
+        count += len(new)
+        owner = np.maximum.accumulate(np.where(lcp < d, index, -1))
+    parent_b, label_b, final_b = np.concatenate(parent), np.concatenate(label), np.concatenate(final)
+    n = count
+    # the children of s are states first[s] + 1 ... first[s + 1], in label order
+    first = np.concatenate([[0], np.cumsum(np.bincount(parent_b[1:], minlength=n))])
     height = np.zeros(n, np.int64)
-    for d in range(int(depth_b.max()), 0, -1):
-        nodes = np.nonzero(depth_b == d)[0]
+    depth_start = np.cumsum([0] + [len(p) for p in parent])
+    for d in range(width, 0, -1):
+        nodes = np.arange(depth_start[d], depth_start[d + 1])
         np.maximum.at(height, parent_b[nodes], height[nodes] + 1)
-    # AcyclicMinimizer: classes by height, then by (final, arcs to classes), lower heights first
-    klass_l = [-1] * n
-    rep_of_class: list[int] = []
-    first_l = first.tolist()
-    labels_l, final_l = label_b.tolist(), final_b.tolist()
+    # AcyclicMinimizer, lower heights first: states of a height with equal (final, arcs' labels and classes)
+    # form a class; a class is named by its surviving state
+    survivor = np.full(n, -1, np.int64)
+    degree = np.diff(first)
     for h in range(int(height.max()) + 1):
-        states = np.nonzero(height == h)[0][::-1].tolist()  # the partition list: highest state first
-        groups: dict[tuple, int] = {}
-        for s in states:
-            kids = range(first_l[s] + 1, first_l[s + 1] + 1)
-            key = (final_l[s], tuple((labels_l[c], klass_l[c]) for c in kids))
-            c = groups.get(key)
-            if c is None:
-                c = groups[key] = len(rep_of_class)
-                rep_of_class.append(s)  # the head of the height's own class: its highest state
-            elif c != klass_l[states[0]]:
-                rep_of_class[c] = min(rep_of_class[c], s)  # a new class lists its states lowest first
-            klass_l[s] = c
-    reps = np.array(sorted(rep_of_class))
+        states = np.nonzero(height == h)[0]
+        highest = states[-1]
+        for k in np.unique(degree[states]):
+            group = states[degree[states] == k]
+            kids = first[group][:, None] + 1 + np.arange(k)  # [states, k]
+            key = np.concatenate([final_b[group, None], label_b[kids], survivor[kids]], axis=1)
+            _, klass = np.unique(key, axis=0, return_inverse=True)
+            klass = klass.reshape(-1)
+            lowest = np.full(klass.max() + 1, n, np.int64)
+            np.minimum.at(lowest, klass, group)
+            rep = lowest[klass]
+            if highest in group:  # its class is the height's first class: the highest state survives
+                own = klass[np.searchsorted(group, highest)]
+                rep[klass == own] = highest
+            survivor[group] = rep
+    reps = np.unique(survivor)
     new_id = np.full(n, -1, np.int64)
     new_id[reps] = np.arange(len(reps))
-    survivor = new_id[np.array(rep_of_class)][np.array(klass_l)]  # state -> new number of its class
-    out_first = np.zeros(len(reps) + 1, np.int64)
-    out_first[1:] = np.cumsum(first[reps + 1] - first[reps])
+    out_first = np.concatenate([[0], np.cumsum(degree[reps])])
     kids = np.concatenate([np.arange(first[r] + 1, first[r + 1] + 1) for r in reps])
-    return Acceptor(start=int(survivor[0]), final=final_b[reps], first=out_first,
-                    labels=label_b[kids].astype(np.int32), nexts=survivor[kids].astype(np.int32))
+    return Acceptor(start=int(new_id[survivor[0]]), final=final_b[reps], first=out_first,
+                    labels=label_b[kids].astype(np.int32), nexts=new_id[survivor[kids]].astype(np.int32))
 
 
 def properties(fst: Acceptor) -> int:
