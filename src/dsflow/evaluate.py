@@ -168,9 +168,8 @@ def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, thre
     decoder = decoder or Decoder(net.alphabet)
     pending, probs = acoustic(net, features_dir, batch_size, step)
     if decoder.scorer_path:
-        log.info("beam search (beam_width %d, scorer %s, lm_alpha %g, lm_beta %g) of %d utterances in %d "
-                 "processes", decoder.beam_width, decoder.scorer_path, decoder.lm_alpha, decoder.lm_beta, len(probs),
-                 threads)
+        log.info("beam search (beam_width %d, scorer %s) of %d utterances in %d processes, lm_alpha %g, lm_beta %g",
+                 decoder.beam_width, decoder.scorer_path, len(probs), threads, decoder.lm_alpha, decoder.lm_beta)
     texts = decoder.decode_batch(probs, threads)
     return [sample_result(name, src, res, loss) for (name, src, loss), res in zip(pending, texts)]
 
