@@ -178,7 +178,7 @@ def test_bad_packages_are_named_with_the_reason(package, tmp_path):
     from dsflow.decode import Decoder
 
     shuffled = Alphabet([" "] + list("zyxwvutsrqponmlkjihgfedcba'"), "shuffled.txt")  # same size, other order
-    with pytest.raises(UserError, match=r"words of its vocabulary trie are unknown to its language model; the "
+    with pytest.raises(UserError, match=r"words of its vocabulary are unknown to its language model; the "
                                         r"package was built for another alphabet than shuffled.txt"):
         Decoder(shuffled, 8, package)
 
@@ -217,12 +217,18 @@ def test_scorer_set_defaults_rewrites_only_the_header(package, tmp_path):
 @needs_kenlm
 def test_scorer_package_command_is_generate_scorer_package(package, tmp_path):
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("she had your\ndark suit <unk> ÉCOLE\n")  # <unk> and words outside the alphabet left out
+    vocab.write_text("she had your\ndark suit <unk> ÉCOLE zzz\n")  # <unk> and words outside the alphabet left out
     out = tmp_path / "small.scorer"
-    assert main(["scorer-package", "--alphabet", str(DATA / "alphabet.txt"), "--lm",
+    log = tmp_path / "log"
+    assert main(["--log", str(log), "scorer-package", "--alphabet", str(DATA / "alphabet.txt"), "--lm",
                  str(package.with_name("lm.binary")), "--vocab", str(vocab), "--package", str(out),
                  "--default_alpha", "0.75", "--default_beta", "1.85"]) == 0
-    assert scorer.load(out, ALPHABET).words == ["dark", "had", "she", "suit", "your"]
+    assert scorer.load(out, ALPHABET).words == ["dark", "had", "she", "suit", "your", "zzz"]
+    from dsflow.decode import Decoder
+
+    # "zzz" is not in the language model: DeepSpeech scored it -1000, so it never comes out
+    assert Decoder(ALPHABET, 16, out, 1.0, 1.0).decode(spelled("she zzz")) == "she"
+    assert "1 of its 6 words are unknown to its language model" in log.read_text()
     assert main(["scorer-package", "--alphabet", str(DATA / "alphabet.txt"), "--lm", str(package), "--vocab",
                  str(vocab), "--package", str(tmp_path / "again.scorer"), "--default_alpha", "1",
                  "--default_beta", "1"]) == 2  # a package is not a bare LM

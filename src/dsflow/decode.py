@@ -47,6 +47,7 @@ import numpy as np
 
 from dsflow import UserError, scorer
 from dsflow.alphabet import Alphabet
+from dsflow.log import log
 from dsflow.scorer import LM_ALPHA, LM_BETA  # noqa: F401  (DeepSpeech's defaults; importers use them from here)
 
 # Hypotheses this far (natural-log units) behind the best are dropped. DeepSpeech has no such cut; on the demo
@@ -123,12 +124,18 @@ class Decoder:
         unknown_score, unknown = self._lm.score(start, 0)[1], 0
         for i, w in enumerate(found.words, start=1):
             score = self._lm.score(start, i)[1]
-            unknown += score == unknown_score
+            if score == unknown_score:  # a word the LM does not know: DeepSpeech scores it -1000, never chosen
+                unknown += 1
+                continue
             trie.insert(self.alphabet.encode(w) + [space], i, score)
-        if found.kind == "package" and unknown > len(found.words) / 2:
-            raise UserError(f"scorer_path: {path}: {unknown} of the {len(found.words)} words of its vocabulary trie "
-                            "are unknown to its language model; the package was built for another alphabet "
-                            f"than {self.alphabet.source} (its labels are alphabet indices)")
+        if unknown > len(found.words) / 2:
+            why = (f"the package was built for another alphabet than {self.alphabet.source} (its labels are "
+                   "alphabet indices)" if found.kind == "package" else "is it the word list of this model?")
+            raise UserError(f"scorer_path: {path}: {unknown} of the {len(found.words)} words of its vocabulary "
+                            f"are unknown to its language model; {why}")
+        if unknown:
+            log.warning("scorer_path: %s: %d of its %d words are unknown to its language model and cannot be "
+                        "output (DeepSpeech scored them -1000)", path, unknown, len(found.words))
         trie.smear(SmearingMode.MAX)
         self._trie = trie  # the decoder keeps a reference, but keep ours too
         self._space = space
