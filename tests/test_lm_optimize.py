@@ -30,11 +30,14 @@ def test_the_study_finds_weights_that_fix_both_sets(tmp_path):
     sets = [[("a.wav", "the cat"), ("b.wav", "the cat")], [("c.wav", "today")]]
     trials = lm_optimize.Trials(decoder, [THE_CAT, THE_CAT, TODAY], tmp_path, threads=2)
     try:
-        study = lm_optimize.optimize(trials, sets, n_trials=12, alpha_max=5.0, beta_max=5.0, seed=7)
-        again = lm_optimize.optimize(trials, sets, n_trials=12, alpha_max=5.0, beta_max=5.0, seed=7)
+        study = lm_optimize.optimize(trials, sets, n_trials=12, alpha_max=5.0, beta_max=5.0, seed=7,
+                                     start=(0.0, 5.0))  # the first trial: both sets wrong
+        again = lm_optimize.optimize(trials, sets, n_trials=12, alpha_max=5.0, beta_max=5.0, seed=7,
+                                     start=(0.0, 5.0))
     finally:
         trials.close()
     assert [t.params for t in again.trials] == [t.params for t in study.trials]  # seeded: repeatable
+    assert study.trials[0].params == {"lm_alpha": 0.0, "lm_beta": 5.0} and study.trials[0].value == 0.8  # 4 / 5
     assert all(0 <= t.params["lm_alpha"] <= 5 and 0 <= t.params["lm_beta"] <= 5 for t in study.trials)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert study.best_value == 0.0 and max(t.value for t in done) > 0
@@ -64,6 +67,8 @@ def test_lm_optimize_end_to_end(tmp_path):
     assert best["n_trials"] == 4 and len(best["trials"]) == 4 and best["objective"] == "wer"
     assert 0 <= best["lm_alpha"] <= 2 and 0 <= best["lm_beta"] <= 3 and 0 <= best["wer"] <= 1
     complete = [t for t in best["trials"] if t["state"] == "complete"]
+    defaults = (scorer.LM_ALPHA, scorer.LM_BETA)  # the package's defaults are the first trial
+    assert (best["trials"][0]["lm_alpha"], best["trials"][0]["lm_beta"]) == defaults
     assert best["wer"] == min(t["wer"] for t in complete)
     assert best["test_features"] == [str(feats)] and best["decoder"]["beam_width"] == 16
     tuned = scorer.load(tmp_path / "tuned.scorer", ALPHABET)

@@ -10,7 +10,9 @@ workflow passes the dev split; tuning on the test set would flatter the test rep
 Differences, for speed and repeatability: the acoustic model runs once over the sets (lm_optimizer re-ran
 DeepSpeech's evaluate, network included, in every trial); its probabilities are kept in a temporary file that
 `--threads` decoder processes map, each holding the scorer loaded once, and a trial only sends them the pair.
-The sampler is seeded with `--random_seed` (lm_optimizer's study was not seeded). DeepSpeech minimized the CER
+The sampler is seeded with `--random_seed` (lm_optimizer's study was not seeded), and the first trial is the
+scorer's own pair (a package's defaults, else DeepSpeech's), so the result is never worse on the dev set than
+what the scorer had. DeepSpeech minimized the CER
 instead for a bytes output mode (UTF-8) scorer; dsflow refuses those scorers (dsflow.scorer), so it is the WER.
 
 The result: {"lm_alpha", "lm_beta", "wer", "cer", "best_trial", ...the search's settings..., "trials": [...]};
@@ -109,14 +111,17 @@ class Trials:
 # ---------------------------------------------------------------------------------------------- the search
 
 def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: float, beta_max: float,
-             seed: int) -> "optuna.Study":  # noqa: F821
-    """lm_optimizer.py's study over `sets` (per set, [(wav_filename, transcript)] in cache order)."""
+             seed: int, start: tuple[float, float] | None = None) -> "optuna.Study":  # noqa: F821
+    """lm_optimizer.py's study over `sets` (per set, [(wav_filename, transcript)] in cache order); `start`, a
+    pair inside the bounds, is the first trial."""
     import optuna
 
     from dsflow.evaluate import corpus_rates, sample_result
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines below say what each trial did
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    if start and 0 <= start[0] <= alpha_max and 0 <= start[1] <= beta_max:
+        study.enqueue_trial({"lm_alpha": start[0], "lm_beta": start[1]})
     bounds = np.cumsum([0] + [len(s) for s in sets]).tolist()
 
     def objective(trial) -> float:
@@ -195,7 +200,8 @@ def _main(args) -> int:
     with tempfile.TemporaryDirectory(prefix=".lm-optimize-", dir=out_dir) as tmp:
         trials = Trials(decoder, probs, Path(tmp), max(1, args.threads))
         try:
-            study = optimize(trials, sets, args.n_trials, args.lm_alpha_max, args.lm_beta_max, args.random_seed)
+            study = optimize(trials, sets, args.n_trials, args.lm_alpha_max, args.lm_beta_max, args.random_seed,
+                             (decoder.lm_alpha, decoder.lm_beta))
         finally:
             trials.close()
     if not any(t.state.name == "COMPLETE" for t in study.trials):
