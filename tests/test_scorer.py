@@ -96,10 +96,14 @@ def test_kenlm_end_of_search_data_for_every_binary_type(tmp_path):
 
     text = tmp_path / "text.txt"
     shutil.copyfile(LDC / "vocab.txt", text)
-    arpa = tmp_path / "lm.arpa"
-    subprocess.run([lm_tool("lmplz"), "--order", "3", "--discount_fallback", "-S", "10%", "-T", str(tmp_path),
-                    "--text", str(text), "--arpa", str(arpa)], check=True, capture_output=True)
-    for args in (["probing"], ["-p", "3.7", "probing"], ["trie"], ["-q", "8", "trie"], ["-a", "3", "trie"],
+    types = set()
+    for order in (1, 2, 3):
+        subprocess.run([lm_tool("lmplz"), "--order", str(order), "--discount_fallback", "-S", "10%", "-T",
+                        str(tmp_path), "--text", str(text), "--arpa", str(tmp_path / f"{order}.arpa")], check=True,
+                       capture_output=True)
+    arpa = tmp_path / "3.arpa"
+    rest = ["-r", f"{tmp_path / '1.arpa'} {tmp_path / '2.arpa'}", "probing"]  # KenLM type 1, rest costs
+    for args in (["probing"], ["-p", "3.7", "probing"], rest, ["trie"], ["-q", "8", "trie"], ["-a", "3", "trie"],
                  ["-a", "255", "-q", "8", "trie"], ["-q", "5", "-b", "3", "-a", "255", "trie"]):
         for no_vocab in (True, False):
             out = tmp_path / "lm.binary"
@@ -107,7 +111,9 @@ def test_kenlm_end_of_search_data_for_every_binary_type(tmp_path):
                            check=True, capture_output=True)
             size = out.stat().st_size
             end = scorer.kenlm_end(out)
+            types.add(scorer.KENLM_PARAMS.unpack_from(out.read_bytes(), len(scorer.KENLM_SANITY))[2])
             assert end == size if no_vocab else end < size, args  # without -v the vocabulary strings follow
+    assert types == set(range(6))  # every model type KenLM has
 
 
 @pytest.fixture(scope="module")
