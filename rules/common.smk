@@ -22,8 +22,12 @@ EVALUATE = (
 )  # a model to train and a test set to evaluate it on
 CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
 EXPORT_DIR = config["export_dir"]  # DeepSpeech: an empty export_dir means no export
-# The decoder's language model: the user's scorer_path, or the one built from the training transcripts.
-SCORER = config["scorer_path"] or ("results/lm/lm.binary" if config["build_lm"] else "")
+# The decoder's language model: the user's scorer_path, or the package built from the training transcripts; with
+# lm_optimize, evaluation uses a copy with the alpha/beta found on the dev set as its defaults.
+SCORER = config["scorer_path"] or ("results/lm/lm.scorer" if config["build_lm"] else "")
+EVAL_SCORER = (
+    "results/lm/optimized.scorer" if config["lm_optimize"] and SCORER else SCORER
+)
 
 
 wildcard_constraints:

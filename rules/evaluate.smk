@@ -3,7 +3,7 @@ rule evaluate:
     input:
         checkpoint=CHECKPOINT_DIR,
         test="results/features/test",
-        scorer=SCORER or [],
+        scorer=EVAL_SCORER or [],
         code=code("evaluate"),
     output:
         report="results/evaluate/report.md",

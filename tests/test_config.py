@@ -23,7 +23,9 @@ DEEPSPEECH_DEFAULTS = {
     "export_file_name": "output_graph", "export_beam_width": 500, "export_author_id": "author",
     "export_model_name": "model", "export_model_version": "0.0.1", "export_language": "<help text>",
     "alphabet_config_path": "data/alphabet.txt", "scorer_path": "", "beam_width": 1024,
-    "lm_alpha": 0.931289039105002, "lm_beta": 1.1834137581510284, "cutoff_prob": 1.0, "cutoff_top_n": 300,
+    "lm_alpha": None, "lm_beta": None,  # the scorer's own: DeepSpeech's 0.931289039105002 / 1.1834137581510284 for
+    # a KenLM model, a package's header values (DeepSpeech's release scorer: the same) for a .scorer package
+    "cutoff_prob": 1.0, "cutoff_top_n": 300,
     "report_count": 5, "normalize_sample_rate": True,
 }
 

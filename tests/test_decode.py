@@ -7,7 +7,8 @@ pytest.importorskip("flashlight.lib.text")
 
 from dsflow import UserError  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
-from dsflow.decode import Decoder, greedy, scorer_words  # noqa: E402
+from dsflow.decode import Decoder, greedy  # noqa: E402
+from dsflow.scorer import arpa_words  # noqa: E402
 from tests.conftest import DATA  # noqa: E402
 
 ALPHABET = Alphabet.from_file(DATA / "alphabet.txt")
@@ -122,4 +123,4 @@ def test_bad_scorers_are_named(tmp_path, arpa):
     upper.write_text(ARPA.replace("\tcat\t", "\tCat\t").replace("the cat", "the Cat"))
     with pytest.raises(UserError, match=r"outside the alphabet .*'Cat'"):
         Decoder(ALPHABET, 8, upper)
-    assert scorer_words(arpa) == ["the", "cat", "kat", "to", "day", "today"]
+    assert arpa_words(arpa) == ["the", "cat", "kat", "to", "day", "today"]

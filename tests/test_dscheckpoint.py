@@ -17,11 +17,11 @@ import soundfile as sf
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import UserError, dscheckpoint, model  # noqa: E402
+from dsflow import UserError, checkpoints, dscheckpoint, model  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
-from dsflow.features import mfcc  # noqa: E402
-from dsflow.train import step_functions  # noqa: E402
+from dsflow.mfcc import mfcc  # noqa: E402
+from dsflow.model import step_functions  # noqa: E402
 from tests.conftest import DATA, LDC  # noqa: E402
 
 v1 = tf.compat.v1
@@ -482,7 +482,7 @@ def test_export_checkpoint_command_converts_a_dsflow_training_run(tmp_path):
                                                     "best_dev-2.index", "best_dev_checkpoint", "checkpoint",
                                                     "flags.txt"]
     assert "--n_hidden=16\n" in (ds / "flags.txt").read_text()
-    trained = model.load(out, "best")
+    trained = checkpoints.load_model(out, "best")
     reader = tf.train.load_checkpoint(trained.checkpoint)
     net, opt = fresh(16, 29)
     state = dscheckpoint.load_into(net, opt, ds, "last", alphabet=ENGLISH)

@@ -13,7 +13,9 @@ from dsflow import UserError, flags, lm  # noqa: E402
 from dsflow import config as dscfg  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
-from dsflow.decode import Decoder, arpa_words, scorer_words  # noqa: E402
+from dsflow import scorer  # noqa: E402
+from dsflow.decode import Decoder  # noqa: E402
+from dsflow.scorer import arpa_words  # noqa: E402
 from tests.conftest import DATA, LDC, ROOT  # noqa: E402
 
 HAVE_KENLM = all((Path(sys.executable).parent / t).is_file() or shutil.which(t) for t in ("lmplz", "build_binary"))
@@ -43,7 +45,7 @@ def test_build_lm_from_vocab_txt_gives_a_binary_and_an_arpa_that_load(vocab_lm):
     assert "501 sentences" in log and "build_binary" in log and "SUCCESS" in log
     alphabet = Alphabet.from_file(DATA / "alphabet.txt")
     for model in ("lm.binary", "lm.arpa"):
-        assert Decoder(alphabet, 8, vocab_lm / model).words[1:] == scorer_words(vocab_lm / model)
+        assert Decoder(alphabet, 8, vocab_lm / model).words[1:] == scorer.load(vocab_lm / model, alphabet).words
     assert not list(vocab_lm.glob(".*.part"))
 
 

@@ -32,6 +32,9 @@ COMMANDS = {
     "alphabet": "dsflow.characters",
     "config-doc": "dsflow.config",
     "export-checkpoint": "dsflow.dscheckpoint",
+    "scorer-package": "dsflow.scorer",
+    "scorer-set-defaults": "dsflow.scorer",
+    "lm-optimize": "dsflow.lm_optimize",
 }
 
 
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         # `--cores 8` on a smaller machine would otherwise oversubscribe TensorFlow's and our pools.
         args.threads = min(args.threads, len(os.sched_getaffinity(0)))
     with dslog.job_output(args.log, args.command):
-        dslog.log.info("dsflow %s", shlex.join(argv))
+        if args.log:  # a workflow job: its command line heads its log
+            dslog.log.info("dsflow %s", shlex.join(argv))
         try:
             gpu.prepare(args.command)  # before TensorFlow is imported: which GPU (if any) this job may use
             return args.func(args)

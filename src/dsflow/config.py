@@ -57,7 +57,7 @@ def allowed(prop: dict) -> str:
     if "enum" in prop:
         out.append(" / ".join(map(str, prop["enum"])))
     elif "type" in prop:
-        out.append(prop["type"])
+        out.append(" or ".join(map(str, prop["type"])) if isinstance(prop["type"], list) else prop["type"])
     for bound, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
         if bound in prop:
             out.append(f"{sign} {prop[bound]}")
@@ -129,6 +129,11 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
         Alphabet.from_file(base / config["alphabet_config_path"])
     except AlphabetError as e:
         errors.append(f"alphabet_config_path: {e}")
+    if config.get("lm_optimize"):
+        if not (config.get("scorer_path") or config.get("build_lm")):
+            errors.append("lm_optimize: there is no scorer to tune; set scorer_path (a .scorer package) or build_lm")
+        if not (cv or files["dev"]):
+            errors.append("lm_optimize: the search runs on the dev set; set dev_files")
     if config.get("scorer_path"):
         if config.get("build_lm"):
             errors.append("scorer_path and build_lm are both set: use your scorer (build_lm: false) or build one "
@@ -139,12 +144,16 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
 
 def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
     """DeepSpeech loaded the scorer before training; a bad one is an error before any job runs."""
-    from dsflow import UserError
+    from dsflow import scorer
     from dsflow.decode import Decoder
 
+    path = base / config["scorer_path"]
     try:
         alphabet = Alphabet.from_file(base / config["alphabet_config_path"])
-        Decoder(alphabet, 1, base / config["scorer_path"], config["lm_alpha"], config["lm_beta"])
+        Decoder(alphabet, 1, path, config["lm_alpha"], config["lm_beta"])
+        if config.get("lm_optimize") and scorer.load(path, alphabet).kind != "package":
+            return [f"lm_optimize: scorer_path {config['scorer_path']} is not a .scorer package, whose defaults the "
+                    "search writes; make one with `dsflow scorer-package` or `dsflow build-lm --package`"]
     except AlphabetError:
         return []  # reported above
     except UserError as e:

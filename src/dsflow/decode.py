@@ -20,14 +20,18 @@ Differences that remain: the end of the sentence is also scored (`lm_alpha * ln 
 hypotheses worse than the best by more than `beam_threshold` (natural-log units, default BEAM_THRESHOLD) are
 dropped early.
 
-A scorer here is a KenLM model file (ARPA, or binary from build_binary) plus its vocabulary: the ARPA's
-unigrams, or for a binary model the file `<scorer_path>.words` (one word per line) that `dsflow build-lm` writes.
+A scorer is a KenLM model plus its vocabulary (dsflow.scorer reads them): an ARPA file (its unigrams), a binary
+model with `<scorer_path>.words`, or DeepSpeech's `.scorer` package (KenLM binary + vocabulary trie + default
+alpha/beta in one file; KenLM loads the package file itself, ignoring what follows its search data). lm_alpha /
+lm_beta left as None take the package's defaults, and for the other kinds DeepSpeech's flag defaults.
 
 Without a scorer, decoding is greedy (DeepSpeech beam-searched without a language model too; see README).
 
 API for other modules:
-    d = Decoder(alphabet, beam_width=1024, scorer_path="lm.binary", lm_alpha=..., lm_beta=...)
+    d = Decoder(alphabet, beam_width=1024, scorer_path="lm.scorer", lm_alpha=None, lm_beta=None)
+    d.lm_alpha, d.lm_beta                 # the weights in use (None given: the scorer's defaults)
     d.decode(probs)                       # probs: [T, C] softmax probabilities of one utterance -> str
+    d.set_alpha_beta(alpha, beta)         # new weights, same scorer (DeepSpeech's DS_SetScorerAlphaBeta)
     d.decode_batch([probs, ...], threads) # several utterances in parallel, same order
 """
 
@@ -41,13 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dsflow import UserError
+from dsflow import UserError, scorer
 from dsflow.alphabet import Alphabet
+from dsflow.log import log
+from dsflow.scorer import LM_ALPHA, LM_BETA  # noqa: F401  (DeepSpeech's defaults; importers use them from here)
 
 # Hypotheses this far (natural-log units) behind the best are dropped. DeepSpeech has no such cut; on the demo
 # 15 gives the WER of 100 (within 0.001) at a seventh of the time (bench/bench_decode.py).
 BEAM_THRESHOLD = 15.0
-LM_ALPHA, LM_BETA = 0.931289039105002, 1.1834137581510284  # DeepSpeech 0.9.3's default lm_alpha, lm_beta
 _EXCLUDED = -1e30  # log-probability of a character removed by cutoff_prob (finite: keeps log-add free of NaN)
 _FLOOR = 1e-30  # probabilities are floored before log() so that an exact 0 does not give -inf
 
@@ -65,44 +70,6 @@ def greedy(logits, length: int, alphabet: Alphabet) -> str:
     return alphabet.decode(best[keep].tolist())
 
 
-def words_path(scorer_path: str | Path) -> Path:
-    """The vocabulary file that goes with a binary KenLM model."""
-    return Path(f"{scorer_path}.words")
-
-
-def is_arpa(path: str | Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(64).lstrip()
-    return head.startswith(b"\\data\\")
-
-
-def arpa_words(path: str | Path) -> list[str]:
-    """The unigrams of an ARPA file, without <s>, </s> and <unk>."""
-    words, in_unigrams = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("\\"):
-                if in_unigrams:
-                    break
-                in_unigrams = line == "\\1-grams:"
-            elif in_unigrams and line:
-                word = line.split("\t")[1] if "\t" in line else line.split()[1]
-                words.append(word)
-    return [w for w in words if w not in ("<s>", "</s>", "<unk>")]
-
-
-def scorer_words(scorer_path: str | Path) -> list[str]:
-    """The words a scorer can output (see the module's doc)."""
-    if is_arpa(scorer_path):
-        return arpa_words(scorer_path)
-    vocab = words_path(scorer_path)
-    if not vocab.is_file():
-        raise UserError(f"scorer_path: {scorer_path} is a binary KenLM model, but its word list {vocab} does not "
-                        "exist (one word per line; `dsflow build-lm` writes it)")
-    return [w for w in vocab.read_text(encoding="utf-8").split() if w not in ("<s>", "</s>", "<unk>")]
-
-
 class Decoder:
     """Decodes softmax probabilities [T, C] (C = alphabet + blank, blank last) into text.
 
@@ -110,62 +77,82 @@ class Decoder:
     Bad scorer files raise UserError naming the file and the reason."""
 
     def __init__(self, alphabet: Alphabet, beam_width: int = 1024, scorer_path: str | Path | None = "",
-                 lm_alpha: float = LM_ALPHA, lm_beta: float = LM_BETA,
+                 lm_alpha: float | None = None, lm_beta: float | None = None,
                  cutoff_prob: float = 1.0, cutoff_top_n: int = 300, beam_threshold: float = BEAM_THRESHOLD):
         if beam_width < 1 or cutoff_top_n < 1 or not 0 < cutoff_prob <= 1 or beam_threshold <= 0:
             raise UserError("decoder: beam_width and cutoff_top_n must be >= 1, 0 < cutoff_prob <= 1 and "
                             "beam_threshold > 0")
         self.alphabet = alphabet
-        self.args = dict(beam_width=beam_width, scorer_path=str(scorer_path or ""), lm_alpha=lm_alpha,
-                         lm_beta=lm_beta, cutoff_prob=cutoff_prob, cutoff_top_n=cutoff_top_n,
-                         beam_threshold=beam_threshold)
         self.beam_width, self.cutoff_prob, self.cutoff_top_n = beam_width, cutoff_prob, cutoff_top_n
+        self.beam_threshold = beam_threshold
         self.scorer_path = str(scorer_path or "")
+        self.lm_alpha, self.lm_beta = lm_alpha, lm_beta
         self._decoder = None
         if self.scorer_path:
-            self._load_scorer(lm_alpha, lm_beta, beam_threshold)
+            self._load_scorer()
+            self.set_alpha_beta(self.lm_alpha, self.lm_beta)
 
-    def _load_scorer(self, lm_alpha: float, lm_beta: float, beam_threshold: float) -> None:
-        from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
-                                                 Trie)
+    @property
+    def args(self) -> dict:
+        """The constructor's arguments that rebuild this decoder (in another process)."""
+        return dict(beam_width=self.beam_width, scorer_path=self.scorer_path, lm_alpha=self.lm_alpha,
+                    lm_beta=self.lm_beta, cutoff_prob=self.cutoff_prob, cutoff_top_n=self.cutoff_top_n,
+                    beam_threshold=self.beam_threshold)
+
+    def _load_scorer(self) -> None:
+        from flashlight.lib.text.decoder import SmearingMode, Trie
         from flashlight.lib.text.decoder.kenlm import KenLM
         from flashlight.lib.text.dictionary import Dictionary
 
         path = self.scorer_path
-        if not Path(path).is_file():
-            raise UserError(f"scorer_path: {path} does not exist")
         if " " not in self.alphabet.labels:
             raise UserError(f"scorer_path: the alphabet {self.alphabet.source} has no space label, which a "
                             "word-level scorer needs to end words")
+        found = scorer.load(path, self.alphabet)
+        if self.lm_alpha is None:
+            self.lm_alpha = found.default_alpha
+        if self.lm_beta is None:
+            self.lm_beta = found.default_beta
+        self.words = ["<unk>"] + found.words
         try:
-            words = scorer_words(path)
-        except UnicodeDecodeError as e:
-            raise UserError(f"scorer_path: {path}: not UTF-8 text ({e})") from None
-        bad = [w for w in words if not self.alphabet.can_encode(w)]
-        if bad:
-            raise UserError(f"scorer_path: {path}: {len(bad)} of its words use characters outside the alphabet "
-                            f"{self.alphabet.source}, e.g. {bad[:5]}")
-        if not words:
-            raise UserError(f"scorer_path: {path}: the language model has no words")
-        self.words = ["<unk>"] + words
-        word_dict = Dictionary(self.words)
-        try:
-            self._lm = KenLM(str(path), word_dict)
+            self._lm = KenLM(str(path), Dictionary(self.words))
         except RuntimeError as e:
             raise UserError(f"scorer_path: {path} is not a KenLM model that loads ({e})") from None
         space, blank = self.alphabet.labels.index(" "), self.alphabet.blank_index
         trie = Trie(blank + 1, space)
         start = self._lm.start(False)
-        for i, w in enumerate(words, start=1):
-            trie.insert(self.alphabet.encode(w) + [space], i, self._lm.score(start, i)[1])
+        unknown_score, unknown = self._lm.score(start, 0)[1], 0
+        for i, w in enumerate(found.words, start=1):
+            score = self._lm.score(start, i)[1]
+            if score == unknown_score:  # a word the LM does not know: DeepSpeech scores it -1000, never chosen
+                unknown += 1
+                continue
+            trie.insert(self.alphabet.encode(w) + [space], i, score)
+        if unknown > len(found.words) / 2:
+            why = (f"the package was built for another alphabet than {self.alphabet.source} (its labels are "
+                   "alphabet indices)" if found.kind == "package" else "is it the word list of this model?")
+            raise UserError(f"scorer_path: {path}: {unknown} of the {len(found.words)} words of its vocabulary "
+                            f"are unknown to its language model; {why}")
+        if unknown:
+            log.warning("scorer_path: %s: %d of its %d words are unknown to its language model and cannot be "
+                        "output (DeepSpeech scored them -1000)", path, unknown, len(found.words))
         trie.smear(SmearingMode.MAX)
-        options = LexiconDecoderOptions(
-            beam_size=self.beam_width, beam_size_token=self.cutoff_top_n, beam_threshold=beam_threshold,
-            lm_weight=lm_alpha * math.log(10), word_score=lm_beta, unk_score=float("-inf"), sil_score=0.0,
-            log_add=True, criterion_type=CriterionType.CTC)
         self._trie = trie  # the decoder keeps a reference, but keep ours too
         self._space = space
-        self._decoder = LexiconDecoder(options, trie, self._lm, space, blank, 0, [], False)
+
+    def set_alpha_beta(self, lm_alpha: float, lm_beta: float) -> None:
+        """Decode with these weights from now on (the scorer and its trie stay loaded)."""
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
+
+        if not self.scorer_path:
+            raise ValueError("set_alpha_beta needs a scorer")
+        self.lm_alpha, self.lm_beta = float(lm_alpha), float(lm_beta)
+        options = LexiconDecoderOptions(
+            beam_size=self.beam_width, beam_size_token=self.cutoff_top_n, beam_threshold=self.beam_threshold,
+            lm_weight=self.lm_alpha * math.log(10), word_score=self.lm_beta, unk_score=float("-inf"),
+            sil_score=0.0, log_add=True, criterion_type=CriterionType.CTC)
+        self._decoder = LexiconDecoder(options, self._trie, self._lm, self._space, self.alphabet.blank_index, 0, [],
+                                       False)
 
     def emissions(self, probs) -> np.ndarray:
         """Natural-log probabilities after DeepSpeech's cutoff_prob pruning, plus the closing space frame."""

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsflow import UserError
+from dsflow import UserError, flags
 from dsflow.atomic import atomic_dir, write_text
 from dsflow.log import log
 
@@ -389,8 +389,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
-    a("--load_evaluate", default="auto", choices=["auto", "best", "last"],
-      help="best: best_dev checkpoint, last: last training checkpoint, auto: best, else last")
+    flags.add_option(p, "load_evaluate")
     a("--output_dir", required=True, help="the DeepSpeech checkpoint folder (replaced atomically)")
     p.set_defaults(func=_main)
 
@@ -400,9 +399,9 @@ def export(checkpoint_dir: str | Path, output_dir: str | Path, which: str = "aut
     and checkpoint naming it) when `which` chose the best_dev checkpoint, else train-N (checkpoint)."""
     import tensorflow as tf
 
-    from dsflow import model
+    from dsflow import checkpoints, model
 
-    net = model.load(checkpoint_dir, which)
+    net = checkpoints.load_model(checkpoint_dir, which)
     f = net.flags
     opt = model.adam(f["learning_rate"], f["beta1"], f["beta2"], f["epsilon"])
     opt.build(net.trainable_variables)

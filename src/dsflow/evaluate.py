@@ -1,6 +1,6 @@
 """`dsflow evaluate`: DeepSpeech 0.9.3's test-set evaluation (evaluate.py, util/evaluate_tools.py).
 
-Per test set: the per-utterance CTC loss and transcript (DeepSpeech's beam search with the KenLM scorer when
+Per test set: the per-utterance CTC loss and transcript (DeepSpeech's beam search with the scorer when
 --scorer_path is given, else greedy best-path decoding; see dsflow.decode), then DeepSpeech's metrics and report:
   per sample  char_distance / word_distance = Levenshtein over characters / over split() words,
               cer = char_distance / len(src), wer = word_distance / len(src.split()) (uncapped)
@@ -118,14 +118,12 @@ def markdown(checkpoint: str, results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
-    """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
-    dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
+def acoustic(net, features_dir: str, batch_size: int, step) -> tuple[list[tuple], list]:
+    """Run the network over a features folder (index order): [(wav_filename, transcript, loss)] and each
+    utterance's softmax probabilities [T, C] (its real frames only)."""
     import numpy as np
 
     from dsflow import dataset
-
-    decoder = decoder or Decoder(net.alphabet)
 
     index = dataset.info(features_dir)
     data = dataset.load(features_dir, net.alphabet, batch_size, train=False)
@@ -148,16 +146,40 @@ def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, thre
                 pending.append((name, row["transcript"], losses[i]))
                 probs.append(softmax[: lengths[i], i])
             progress.update()
+    return pending, probs
+
+
+def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
+    """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
+    dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
+    decoder = decoder or Decoder(net.alphabet)
+    pending, probs = acoustic(net, features_dir, batch_size, step)
     if decoder.scorer_path:
-        log.info("beam search (beam_width %d, scorer %s) of %d utterances in %d processes", decoder.beam_width,
-                 decoder.scorer_path, len(probs), threads)
+        log.info("beam search (beam_width %d, scorer %s) of %d utterances in %d processes, lm_alpha %g, lm_beta %g",
+                 decoder.beam_width, decoder.scorer_path, len(probs), threads, decoder.lm_alpha, decoder.lm_beta)
     texts = decoder.decode_batch(probs, threads)
     return [sample_result(name, src, res, loss) for (name, src, loss), res in zip(pending, texts)]
 
 
+def make_step(net):
+    """The evaluation step: (features, lengths, labels, label lengths) -> (logits [T, B, C], CTC losses)."""
+    import tensorflow as tf
+
+    from dsflow import model
+
+    spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def step(features, feature_lengths, labels, label_lengths):
+        logits = net(features, None, None, tf.float32)  # [T, B, C]; evaluation always in float32
+        return logits, model.ctc_loss(logits, feature_lengths, labels, label_lengths)
+
+    return step
+
+
 def evaluate(args) -> list[dict]:
     import numpy as np
-    import tensorflow as tf
 
     from dsflow import checkpoints, dataset, model
 
@@ -168,13 +190,7 @@ def evaluate(args) -> list[dict]:
     net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)
-    spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
-
-    @tf.function(input_signature=spec)
-    def step(features, feature_lengths, labels, label_lengths):
-        logits = net(features, None, None, tf.float32)  # [T, B, C]; evaluation always in float32
-        return logits, model.ctc_loss(logits, feature_lengths, labels, label_lengths)
+    step = make_step(net)
 
     results = []
     for d in dirs:

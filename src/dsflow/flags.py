@@ -68,6 +68,8 @@ def add_option(parser, key: str, **overrides) -> None:
     """`--KEY` with the schema's type, default, allowed values and description (overrides: argparse keywords)."""
     prop = properties()[key]
     kind = prop.get("type")
+    if isinstance(kind, list):  # [number, "null"]: the option may be left out
+        kind = next(k for k in kind if k != "null")
     text = " ".join(prop.get("description", "").split()).replace("%", "%%")  # argparse formats help with %
     kw: dict = {"default": prop.get("default"), "help": text}
     if kind == "boolean":
@@ -93,6 +95,8 @@ def render(command: str, config: dict) -> str:
     out = []
     for key in command_keys(command):
         value = config[key]
+        if value is None:  # null: the option's own default (e.g. lm_alpha: the scorer's)
+            continue
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         out.append(f"--{key} {shlex.quote(text)}")
     return " ".join(out)

@@ -4,7 +4,7 @@ Snakemake's `gpu` resource caps how many GPU jobs run at once (`--resources gpu=
 device a job gets, and TensorFlow maps every visible GPU and reserves nearly all of its memory. So, before
 TensorFlow is imported, `prepare(command)` (called by the CLI for every command):
   - sets TF_FORCE_GPU_ALLOW_GROWTH=true (unless set): TensorFlow takes GPU memory as it needs it;
-  - for a GPU command (train, evaluate, export) on a machine with several GPUs, claims a free one with a lock
+  - for a GPU command (train, evaluate, export, lm-optimize) on a machine with several GPUs, claims a free one with a lock
     file (DSFLOW_GPU_LOCK_DIR, default $TMPDIR/dsflow-gpu-locks/gpu-N.lock, held until the process exits,
     whatever kills it) and sets CUDA_VISIBLE_DEVICES to it; if all are taken it waits for one. A
     CUDA_VISIBLE_DEVICES that is already set (by you, or by SLURM for a job's allocation) is left alone, and
@@ -26,7 +26,7 @@ from pathlib import Path
 from dsflow import UserError
 from dsflow.log import log
 
-GPU_COMMANDS = {"train", "evaluate", "export", "transcribe"}
+GPU_COMMANDS = {"train", "evaluate", "export", "transcribe", "lm-optimize"}
 _held: list = []  # the claimed device's open lock file: the claim lasts as long as this process
 
 

@@ -6,6 +6,9 @@ NFKC-normalized, its whitespace collapsed; empty lines are skipped; a line with 
 is an error naming the file, the line and the characters. Then KenLM's `lmplz` (ARPA; `--discount_fallback` so
 that small corpora work) and `build_binary` (DeepSpeech's `trie -a 255 -q 8`) make `--output`, and the
 vocabulary goes to `<output>.words` (one word per line), which the decoder needs next to a binary model.
+With `--package`, also DeepSpeech's `.scorer` package (generate_scorer_package: that binary, the default
+alpha/beta and the vocabulary trie in one file; dsflow.scorer writes it), which DeepSpeech's and Coqui STT's
+clients load too.
 `lmplz` and `build_binary` are looked up next to the Python interpreter (scripts/setup.sh builds them into
 .venv/bin), then on PATH.
 """
@@ -20,7 +23,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from dsflow import UserError, csvfile, flags
+from dsflow import UserError, csvfile, flags, scorer
 from dsflow.alphabet import Alphabet, AlphabetError
 from dsflow.atomic import atomic_path, write_text
 from dsflow.log import SHOW, log
@@ -38,12 +41,15 @@ def add_parser(sub) -> None:
     flags.add_options(p, "build-lm")
     a("--prune", default="0 0 1", help="lmplz --prune thresholds per order (DeepSpeech: 0 0 1)")
     a("--memory", default="10%", help="lmplz -S: memory for sorting (KenLM's default of 80%% is too greedy)")
+    a("--package", help="also write DeepSpeech's .scorer package here (the binary + vocabulary trie + defaults)")
+    a("--default_alpha", type=float, default=scorer.LM_ALPHA, help="the package's default lm_alpha (DeepSpeech's)")
+    a("--default_beta", type=float, default=scorer.LM_BETA, help="the package's default lm_beta (DeepSpeech's)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     build(args.text.split(","), args.alphabet_config_path, args.output, args.lm_order, args.prune, args.memory,
-          args.arpa)
+          args.arpa, args.package, args.default_alpha, args.default_beta)
     return 0
 
 
@@ -91,7 +97,8 @@ def read_sentences(paths: list[str], alphabet: Alphabet) -> list[str]:
 
 
 def build(paths: list[str], alphabet_path: str, output: str, order: int = 5, prune: str = "0 0 1",
-          memory: str = "10%", arpa: str | None = None) -> Path:
+          memory: str = "10%", arpa: str | None = None, package: str | None = None,
+          default_alpha: float = scorer.LM_ALPHA, default_beta: float = scorer.LM_BETA) -> Path:
     try:
         alphabet = Alphabet.from_file(alphabet_path)
     except AlphabetError as e:
@@ -118,6 +125,10 @@ def build(paths: list[str], alphabet_path: str, output: str, order: int = 5, pru
         with atomic_path(output) as out:
             _run([build_binary, "-a", "255", "-q", "8", "-v", "trie", str(arpa_file), str(out)])
     log.info("wrote %s (%d bytes) and %s.words", output, output.stat().st_size, output, extra=SHOW)
+    if package:
+        scorer.write_package(output, words, alphabet, package, default_alpha, default_beta)
+        log.info("wrote the scorer package %s (%d bytes; default lm_alpha %r, lm_beta %r)", package,
+                 Path(package).stat().st_size, default_alpha, default_beta, extra=SHOW)
     return output
 
 

@@ -11,9 +11,9 @@ The audio goes through the exported model the way DeepSpeech's native client (St
   - at the end of the audio 9 zero frames are pushed, and the last partial chunk is padded with zero windows
     (only its real time steps are kept).
 So a long file never goes into one graph call, and memory does not grow with its length beyond the output
-probabilities. The probabilities are decoded greedily, or with `--scorer` by DeepSpeech's CTC beam search with
-that KenLM scorer (`dsflow.decode.Decoder`; the beam width defaults to the model's `export_beam_width`, as
-DeepSpeech's client used the metadata's).
+probabilities. The probabilities are decoded greedily, or with `--scorer` (a .scorer package or a KenLM model)
+by DeepSpeech's CTC beam search (`dsflow.decode.Decoder`; the beam width defaults to the model's
+`export_beam_width` as DeepSpeech's client used the metadata's, lm_alpha/lm_beta to the package's defaults).
 
 Differences from DeepSpeech's native client: samples are scaled by 1/32767 like the training features (the
 client used 1/32768), and the client's last, partial audio window (samples left over after the last full
@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from dsflow import UserError
-from dsflow.decode import LM_ALPHA, LM_BETA
 from dsflow.exported import ExportedModel
 from dsflow.log import log
 from dsflow.mfcc import N_INPUT, mfcc
@@ -48,11 +47,11 @@ def add_parser(sub) -> None:
     a("audio", nargs="+", help="audio files of any rate / channel count / format that sox reads")
     a("--savedmodel", action="store_true", help="use the export's TF SavedModel instead of its TFLite model")
     a("--threads", type=int, default=1, help="inference threads (default 1)")
-    a("--scorer", default="", help="KenLM scorer (ARPA, or binary with its .words, e.g. `dsflow build-lm` output): "
-                                   "beam search with it; without: greedy decoding")
+    a("--scorer", default="", help="a .scorer package or a KenLM model (ARPA, or binary with its .words), e.g. "
+                                   "`dsflow build-lm` output: beam search with it; without: greedy decoding")
     a("--beam_width", type=int, default=0, help="beam width with --scorer (default: the model's export_beam_width)")
-    a("--lm_alpha", type=float, default=LM_ALPHA, help="LM weight (DeepSpeech's default)")
-    a("--lm_beta", type=float, default=LM_BETA, help="word insertion bonus (DeepSpeech's default)")
+    a("--lm_alpha", type=float, help="LM weight (default: the .scorer package's, else DeepSpeech's)")
+    a("--lm_beta", type=float, help="word insertion bonus (default: the .scorer package's, else DeepSpeech's)")
     p.set_defaults(func=_main)
 
 
@@ -181,7 +180,7 @@ def _main(args) -> int:
         decoder = Decoder(model.alphabet, args.beam_width or model.beam_width, args.scorer, args.lm_alpha,
                           args.lm_beta)
         log.info("beam search: width %d, scorer %s, lm_alpha %g, lm_beta %g", decoder.beam_width, args.scorer,
-                 args.lm_alpha, args.lm_beta)
+                 decoder.lm_alpha, decoder.lm_beta)
     for path in args.audio:
         text = transcribe(model, path, decoder)
         print(f"{path}\t{text}" if len(args.audio) > 1 else text, flush=True)
