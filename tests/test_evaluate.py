@@ -8,7 +8,8 @@ tf = pytest.importorskip("tensorflow")
 from dsflow import UserError, checkpoints, dataset, features, model  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.decode import greedy  # noqa: E402
-from dsflow.evaluate import KEYS, corpus_rates, report, sample_result, sections, sort_samples  # noqa: E402
+from dsflow.evaluate import KEYS, report, sections, sort_samples  # noqa: E402
+from dsflow.wer import corpus_rates, sample_result  # noqa: E402
 from tests.conftest import LDC  # noqa: E402
 from tests.test_train import LDC_TEXT, make_features, train_args  # noqa: E402
 

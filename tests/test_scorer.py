@@ -14,6 +14,7 @@ import pytest
 
 from dsflow import UserError, openfst, scorer
 from dsflow import config as dscfg
+from dsflow import flags
 from dsflow.alphabet import Alphabet
 from dsflow.cli import main
 from tests.conftest import DATA, LDC, ROOT
@@ -191,7 +192,7 @@ def test_bad_packages_are_named_with_the_reason(package, tmp_path):
 
 @needs_kenlm
 def test_config_check_loads_a_package(package, tmp_path):
-    config = dscfg.defaults()
+    config = flags.defaults()
     config.update(train_files="data/ldc93s1/ldc93s1.csv", scorer_path=str(package))
     assert dscfg.check(config, base=ROOT) == []
     broken = tmp_path / "broken.scorer"

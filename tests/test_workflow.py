@@ -86,7 +86,7 @@ def test_common_voice_folder_through_the_whole_chain(tmp_path, tiny_cv):
     # Nothing is stale: a second run does nothing.
     assert "Nothing to be done" in snakemake(wd, "--cores", "2", *config).stdout
     # The scorer was built from the training transcripts (build_lm) and used; a decoder flag re-runs evaluate alone.
-    assert "beam search (beam_width 1024, scorer results/lm/lm.binary)" in (wd / "results/logs/evaluate.log").read_text()
+    assert "beam search (beam_width 1024, scorer results/lm/lm.scorer" in (wd / "results/logs/evaluate.log").read_text()
     assert jobs(snakemake(wd, "-n", *config, "lm_alpha=0.5").stdout) == {"evaluate": 1, "plot": 1,
                                                                          "evaluation_page": 1, "all": 1}
     # A forced re-import re-uses every converted WAV.

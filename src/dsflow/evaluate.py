@@ -16,12 +16,13 @@ list of every sample of every set in that order; --metrics a JSON object {set: {
 from __future__ import annotations
 
 import json
-import math
 
 from dsflow import UserError, flags, gpu
 from dsflow.atomic import write_text
 from dsflow.decode import Decoder
-from dsflow.log import SHOW, Progress, log
+from dsflow.inference import acoustic, make_step
+from dsflow.log import SHOW, log
+from dsflow.wer import corpus_rates, sample_result
 
 KEYS = ("wav_filename", "src", "res", "loss", "char_distance", "char_length", "word_distance", "word_length",
         "cer", "wer")
@@ -45,27 +46,6 @@ def add_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-
-def sample_result(wav_filename: str, src: str, res: str, loss: float) -> dict:
-    """DeepSpeech's process_decode_result: one sample's distances and rates, keys in its order."""
-    from rapidfuzz.distance import Levenshtein
-
-    ref_words = src.split()
-    if not ref_words:  # DeepSpeech divides by zero here
-        raise UserError(f"{wav_filename}: the reference transcript {src!r} has no words; WER/CER are undefined")
-    char_distance, word_distance = Levenshtein.distance(src, res), Levenshtein.distance(ref_words, res.split())
-    return {"wav_filename": wav_filename, "src": src, "res": res, "loss": float(loss),
-            "char_distance": char_distance, "char_length": len(src),
-            "word_distance": word_distance, "word_length": len(ref_words),
-            "cer": char_distance / len(src), "wer": word_distance / len(ref_words)}
-
-
-def corpus_rates(samples: list[dict]) -> tuple[float, float]:
-    """DeepSpeech's wer_cer_batch: summed distances over summed reference lengths, each capped at 1.0."""
-    wer = sum(s["word_distance"] for s in samples) / sum(s["word_length"] for s in samples)
-    cer = sum(s["char_distance"] for s in samples) / sum(s["char_length"] for s in samples)
-    return min(wer, 1.0), min(cer, 1.0)
-
 
 def sort_samples(samples: list[dict]) -> list[dict]:
     """DeepSpeech's order: loss descending, then a stable sort by WER ascending (best WER first; among equal
@@ -118,37 +98,6 @@ def markdown(checkpoint: str, results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def acoustic(net, features_dir: str, batch_size: int, step) -> tuple[list[tuple], list]:
-    """Run the network over a features folder (index order): [(wav_filename, transcript, loss)] and each
-    utterance's softmax probabilities [T, C] (its real frames only)."""
-    import numpy as np
-
-    from dsflow import dataset
-
-    index = dataset.info(features_dir)
-    data = dataset.load(features_dir, net.alphabet, batch_size, train=False)
-    pending, probs = [], []  # (wav_filename, src, loss) and softmax probabilities [T, C] of each utterance
-    with Progress(f"Testing {features_dir}", math.ceil(len(index) / batch_size), "batches") as progress:
-        for batch in data:
-            logits, losses = step(batch["features"], batch["feature_lengths"], batch["labels"],
-                                  batch["label_lengths"])
-            logits, losses, lengths = logits.numpy(), losses.numpy(), batch["feature_lengths"].numpy()
-            names = [n.decode("utf-8") for n in batch["wav_filename"].numpy()]
-            bad = [n for n, v in zip(names, losses) if not np.isfinite(v)]
-            if bad:
-                log.error("The following files caused an infinite (or NaN) loss: %s", ",".join(bad))
-            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            softmax = e / e.sum(axis=-1, keepdims=True)  # DeepSpeech decodes softmax(logits)
-            for i, name in enumerate(names):
-                row = index.iloc[len(pending)]
-                if row["wav_filename"] != name:  # the batches follow the index; anything else is a bug
-                    raise RuntimeError(f"{features_dir}: batch item {name} is not index row {row['wav_filename']}")
-                pending.append((name, row["transcript"], losses[i]))
-                probs.append(softmax[: lengths[i], i])
-            progress.update()
-    return pending, probs
-
-
 def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
     """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
     dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
@@ -159,23 +108,6 @@ def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, thre
                  decoder.beam_width, decoder.scorer_path, len(probs), threads, decoder.lm_alpha, decoder.lm_beta)
     texts = decoder.decode_batch(probs, threads)
     return [sample_result(name, src, res, loss) for (name, src, loss), res in zip(pending, texts)]
-
-
-def make_step(net):
-    """The evaluation step: (features, lengths, labels, label lengths) -> (logits [T, B, C], CTC losses)."""
-    import tensorflow as tf
-
-    from dsflow import model
-
-    spec = [tf.TensorSpec([None, None, model.N_INPUT], tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
-
-    @tf.function(input_signature=spec)
-    def step(features, feature_lengths, labels, label_lengths):
-        logits = net(features, None, None, tf.float32)  # [T, B, C]; evaluation always in float32
-        return logits, model.ctc_loss(logits, feature_lengths, labels, label_lengths)
-
-    return step
 
 
 def evaluate(args) -> list[dict]:

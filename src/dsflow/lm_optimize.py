@@ -105,7 +105,7 @@ def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: 
     pair inside the bounds, is the first trial."""
     import optuna
 
-    from dsflow.evaluate import corpus_rates, sample_result
+    from dsflow.wer import corpus_rates, sample_result
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines below say what each trial did
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
@@ -159,8 +159,8 @@ def result(study, args, checkpoint: str) -> dict:
 
 
 def _main(args) -> int:
-    from dsflow import model, scorer
-    from dsflow.evaluate import acoustic, make_step
+    from dsflow import checkpoints, scorer
+    from dsflow.inference import acoustic, make_step
 
     dirs = [d.strip() for d in args.test_features.split(",") if d.strip()]
     if not dirs:
@@ -169,7 +169,7 @@ def _main(args) -> int:
         raise UserError("lm-optimize: --n_trials and --test_batch_size must be >= 1, --lm_alpha_max and "
                         "--lm_beta_max >= 0")
     gpu.init_tensorflow(args.threads)
-    net = model.load(args.checkpoint_dir, args.load_evaluate)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, None, None, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)  # the scorer checked before the network runs
     if args.output_scorer and scorer.load(args.scorer_path, net.alphabet).kind != "package":
