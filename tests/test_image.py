@@ -3,11 +3,13 @@ Debian bookworm debootstrapped from Debian's archive (no registry is reachable),
 (`buildah run --isolation chroot`, its folder mounted) with the same results as on the host.
 
 The image run sees its folder at the host run's path, so outputs that record paths (the test report's wav
-names) can be compared byte for byte. Both runs use TensorFlow 2.21.0 and the same NumPy (setup.sh's pins, the
-unpinned versions resolved the same day), on the same CPU, and training is deterministic: the checkpoints, the
-test report and the exported model come out bit-identical, though the host's Python (3.11.7 here) and the
-image's (Debian's 3.11.2) differ. Only what records times, host names or ids differs (epoch seconds,
-logs, TensorBoard event files, the SavedModel's fingerprint). Runs as root (buildah); selected with `-m container`.
+names) can be compared byte for byte. Both runs use TensorFlow 2.21.0 and the same NumPy (pyproject.toml's pins;
+its unpinned versions resolve alike when the venv and the image are built on the same day, as in CI) on the same
+CPU, and training is deterministic: the checkpoints, the test report and the exported model come out
+bit-identical, though the host's Python and the image's (Debian's 3.11.2) differ. Only what records times, host
+names or ids differs (epoch seconds, logs, TensorBoard event files, the SavedModel's fingerprint). A failure
+message lists both sides' numeric packages, which an older venv may not share. Runs as root (buildah installs
+and builds); in CI's default run, `-m "not container"` leaves it out.
 """
 
 import json
