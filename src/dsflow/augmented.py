@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from dsflow import UserError, augment, dataset
-from dsflow.mfcc import N_INPUT
+from dsflow.mfcc import INT16_MAX, N_INPUT, mfcc, mfcc_of_spectrogram, spectrogram
 
 LABEL_PAD = dataset.LABEL_PAD
 
@@ -99,6 +99,52 @@ def overlay_source(csv_path: str, sample_rate: int, load: bool = True) -> Overla
     return _sources[key]
 
 
+# ---------------------------------------------------------------------------------------------- one clip
+
+def rng_for(seed: int, epoch: int, index: int, position: int) -> np.random.Generator:
+    """The random numbers of one augmentation (its position in the spec list) on one clip in one epoch."""
+    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, epoch, index, position])
+
+
+def chosen(augmentations, seed: int, epoch: int, index: int) -> list:
+    """The augmentations that apply to this clip in this epoch: each with its probability p, decided up front
+    from one generator (so that a clip none applies to costs nothing more than its features)."""
+    if not augmentations:
+        return []
+    draws = np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, epoch, index]).random(
+        1 + max(a.position for a in augmentations))
+    return [a for a in augmentations if draws[a.position] < a.p]
+
+
+def run_domain(x, applied, domain: str, seed: int, epoch: int, index: int, clock: float, ctx: augment.Context):
+    """Apply the chosen augmentations of `domain`, in order."""
+    for aug in applied:
+        if aug.domain == domain and len(x):
+            x = aug.apply(x, rng_for(seed, epoch, index, aug.position), clock, ctx)
+    return x
+
+
+def clip_features(samples: np.ndarray, augmentations, seed: int, epoch: int, index: int, clock: float,
+                  ctx: augment.Context, win_len_ms: float, win_step_ms: float) -> np.ndarray:
+    """DeepSpeech's features of one training clip (int16 samples) with its augmentations: float32 [T, 26].
+    Without augmentations this is dsflow.mfcc.mfcc(samples) exactly, as in the features folder."""
+    applied = chosen(augmentations, seed, epoch, index)
+    domains = {aug.domain for aug in applied}
+    audio = samples
+    args = (seed, epoch, index, clock, ctx)
+    if domains & {"sample", "signal"}:
+        audio = samples.astype(np.float32) / INT16_MAX  # pcm_to_np; augmented audio stays float, as in DeepSpeech
+        audio = run_domain(audio, applied, "sample", *args)
+        audio = run_domain(np.asarray(audio, np.float32), applied, "signal", *args).astype(np.float32)
+    rate = ctx.sample_rate
+    if "spectrogram" in domains:  # the two ops one at a time: the same result as mfcc's fused blocks
+        features = mfcc_of_spectrogram(run_domain(spectrogram(audio, rate, win_len_ms, win_step_ms), applied,
+                                                  "spectrogram", *args), rate)
+    else:
+        features = mfcc(audio, rate, win_len_ms, win_step_ms)
+    return run_domain(features, applied, "features", *args).astype(np.float32, copy=False)
+
+
 # ---------------------------------------------------------------------------------------------- workers
 
 _worker: dict = {}
@@ -133,7 +179,7 @@ def _batch_features(epoch: int, rows) -> tuple[np.ndarray, np.ndarray]:
     for index, path, label_length in rows:
         samples = read_pcm16(path, path, w["sample_rate"])
         ctx = augment.Context(w["sample_rate"], w["win_step"], label_length)
-        out.append(augment.clip_features(samples, w["augs"], w["seed"], epoch, index,
+        out.append(clip_features(samples, w["augs"], w["seed"], epoch, index,
                                          clock(epoch, index, w["n_clips"], w["epochs"]), ctx,
                                          w["win_len"], w["win_step"]))
     lengths = np.array([len(f) for f in out], np.int32)
@@ -230,8 +276,8 @@ class AugmentedSplit:
                 for row, n in enumerate(batch["feature_lengths"]):
                     i = b * self.batch_size + row
                     ctx = augment.Context(self.sample_rate, self.win_step, len(self.labels[i]))
-                    applied = augment.chosen(self.augmentations, self.seed, epoch, i)
-                    features[row, :n] = augment.run_domain(features[row, :n], applied, "features", self.seed,
+                    applied = chosen(self.augmentations, self.seed, epoch, i)
+                    features[row, :n] = run_domain(features[row, :n], applied, "features", self.seed,
                                                            epoch, i, clock(epoch, i, n_clips, self.epochs), ctx)
             yield batch
 
@@ -240,11 +286,12 @@ class AugmentedSplit:
         `dataset.load(...).skip(start)` in epoch `epoch`."""
         import tensorflow as tf
 
-        signature = {"features": tf.TensorSpec([None, None, N_INPUT], tf.float32),
-                     "feature_lengths": tf.TensorSpec([None], tf.int32),
-                     "labels": tf.TensorSpec([None, None], tf.int32),
-                     "label_lengths": tf.TensorSpec([None], tf.int32),
-                     "wav_filename": tf.TensorSpec([None], tf.string)}
+        b = self.batch_size  # whole batches only, as dataset.load(train=True) knows
+        signature = {"features": tf.TensorSpec([b, None, N_INPUT], tf.float32),
+                     "feature_lengths": tf.TensorSpec([b], tf.int32),
+                     "labels": tf.TensorSpec([b, None], tf.int32),
+                     "label_lengths": tf.TensorSpec([b], tf.int32),
+                     "wav_filename": tf.TensorSpec([b], tf.string)}
         return tf.data.Dataset.from_generator(lambda: self.batches(epoch, start),
                                               output_signature=signature).prefetch(2)
 
