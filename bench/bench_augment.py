@@ -94,6 +94,17 @@ def make_corpus(folder: Path, n: int, seed: int = 0):
     return folder / "train.csv", folder / "noise.csv"
 
 
+def worker_cpu(split) -> float:
+    """CPU-seconds the split's worker processes have used so far (/proc/PID/stat utime + stime)."""
+    pool = getattr(split, "_pool", None)
+    total = 0.0
+    for pid in (pool._processes if pool is not None else {}):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def producer_cost(features_dir, specs, seconds: float) -> float:
     """CPU-seconds per audio-second of one epoch computed in this process (one BLAS thread)."""
     from threadpoolctl import threadpool_limits
@@ -106,6 +117,26 @@ def producer_cost(features_dir, specs, seconds: float) -> float:
         return (time.process_time() - start) / seconds
 
 
+def producer_table(features_dir, specs, seconds: float, used: float, batch: int, n_batches: int) -> None:
+    """1. The producer's cost: CPU in this process, the example set and each augmentation alone; one worker's rate."""
+    base = producer_cost(features_dir, ["volume[p=0]"], seconds)  # read + float audio + features
+    print(f"\nproducer CPU-ms per audio-second (one process, one core): read + features {base * 1000:.2f}")
+    cost = producer_cost(features_dir, specs, seconds)
+    print(f"  the whole set: {cost * 1000:.2f} (= {1 / cost:.0f} audio-s per CPU-second)")
+    for spec in specs:
+        alone = spec.replace("p=0.1", "p=1").replace("p=0.5", "p=1")
+        c = producer_cost(features_dir, [alone, "volume[p=0]"], seconds)  # the same path as `base`
+        print(f"  {alone:64s} p=1: {c * 1000:7.2f}  (+{(c - base) * 1000:.2f})")
+    with AugmentedSplit(features_dir, ALPHABET, batch, specs, epochs=10, workers=1, nice=0) as split:
+        for _ in split.batches(0, n_batches - 1):  # start the worker process
+            pass
+        start = time.perf_counter()
+        for _ in split.batches(1):
+            pass
+        wall = time.perf_counter() - start
+    print(f"  one worker process, wall clock: {used / wall:.0f} audio-s/s per worker")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=320)
@@ -114,6 +145,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: its default)")
     p.add_argument("--n_hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--nice", default="10,0", help="the workers' niceness values to compare (default 10,0)")
+    p.add_argument("--feed", default="tensors,numpy",
+                   help="tensors: AugmentedSplit.tensors (the drop-in); numpy: its batches fed as arrays")
+    p.add_argument("--train-only", action="store_true", help="skip the producer's cost table")
     p.add_argument("--specs", help="';'-separated augment specs instead of the TRAINING.rst example")
     args = p.parse_args()
 
@@ -134,23 +169,8 @@ def main() -> None:
         used = float(index["duration"][:n_batches * args.batch].sum())
         print(f"{len(index)} clips, {seconds:.0f} s of audio; augment: {' '.join(specs)}")
 
-        # 1. the producer's cost
-        base = producer_cost(features_dir, ["volume[p=0]"], seconds)  # read + features, no augmentation
-        print(f"\nproducer CPU-ms per audio-second (one process, one core): read + features {base * 1000:.2f}")
-        cost = producer_cost(features_dir, specs, seconds)
-        print(f"  the example set: {cost * 1000:.2f} (= {1 / cost:.0f} audio-s per CPU-second)")
-        for spec in specs:
-            alone = spec.replace("p=0.1", "p=1").replace("p=0.5", "p=1")
-            c = producer_cost(features_dir, [alone, "volume[p=0]"], seconds)  # the same path as `base`
-            print(f"  {alone:64s} p=1: {c * 1000:7.2f}  (+{(c - base) * 1000:.2f})")
-        with AugmentedSplit(features_dir, ALPHABET, args.batch, specs, epochs=10, workers=1, nice=0) as split:
-            for _ in split.batches(0, n_batches - 1):  # start the worker process
-                pass
-            start = time.perf_counter()
-            for _ in split.batches(1):
-                pass
-            wall = time.perf_counter() - start
-        print(f"  one worker process, wall clock: {used / wall:.0f} audio-s/s per worker")
+        if not args.train_only:
+            producer_table(features_dir, specs, seconds, used, args.batch, n_batches)
 
         # 2. training with and without
         import tensorflow as tf
@@ -166,31 +186,53 @@ def main() -> None:
         gradients, apply, _ = step_functions(net, opt, model.dropout_rates(0.05), tf.float32)
         durations = dict(zip(index["wav_filename"], index["duration"]))
 
-        def epoch(data) -> float:
+        def epoch(data, split=None) -> tuple[float, float, float]:
+            """(audio-s/s, this process's CPU-ms per audio-s, the workers' CPU-ms per audio-s)"""
             audio, start, step = 0.0, time.perf_counter(), 0
+            cpu, workers = time.process_time(), worker_cpu(split)
             for batch in data:
                 _, grads = gradients(batch["features"], batch["feature_lengths"], batch["labels"],
                                      batch["label_lengths"], tf.constant([1, step], tf.int64))
                 apply(grads)
-                audio += sum(durations[n.decode()] for n in batch["wav_filename"].numpy())
+                names = batch["wav_filename"]
+                audio += sum(durations[n.decode()] for n in getattr(names, "numpy", lambda: names)())
                 step += 1
-            return audio / (time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            return (audio / wall, (time.process_time() - cpu) / audio * 1000,
+                    (worker_cpu(split) - workers) / audio * 1000)
 
         cached = dataset.load(features_dir, ALPHABET, args.batch, train=True)
         epoch(cached.take(3))  # tracing
-        rates = {"cached features (today)": [], f"augmented, {args.workers} worker(s)": []}
-        with AugmentedSplit(features_dir, ALPHABET, args.batch, specs, epochs=10, workers=args.workers) as split:
+        configs = {"cached features (today)": None}
+        for nice in map(int, args.nice.split(",")):
+            for feed in args.feed.split(","):
+                configs[f"augmented, {args.workers} worker(s), nice {nice}, {feed}"] = (nice, feed)
+        splits = {name: AugmentedSplit(features_dir, ALPHABET, args.batch, specs, epochs=10, workers=args.workers,
+                                       nice=c[0]) for name, c in configs.items() if c}
+        for split in splits.values():
             for _ in split.batches(0, n_batches - 1):  # start the workers
                 pass
-            for r in range(args.repeat):
-                rates["cached features (today)"].append(epoch(cached))
-                rates[f"augmented, {args.workers} worker(s)"].append(epoch(split.dataset(r + 1)))
-        print(f"\ntraining n_hidden {args.n_hidden}, batch {args.batch}, TF threads "
-              f"{args.threads or 'default'}: audio-s/s per epoch (best of {args.repeat}; all: ...)")
-        for name, values in rates.items():
-            print(f"  {name:32s} {max(values):7.1f}   ({', '.join(f'{v:.1f}' for v in values)})")
-        a, b = (max(v) for v in rates.values())
-        print(f"  augmented / cached: {b / a:.2f} (goal >= 0.80)")
+        runs = {name: [] for name in configs}
+        for r in range(args.repeat):
+            for name, config in configs.items():
+                if config is None:
+                    runs[name].append(epoch(cached))
+                else:
+                    split = splits[name]
+                    data = split.tensors(r + 1) if config[1] == "tensors" else split.batches(r + 1)
+                    runs[name].append(epoch(data, split))
+        for split in splits.values():
+            split.close()
+        print(f"\ntraining n_hidden {args.n_hidden}, batch {args.batch}, TF threads {args.threads or 'default'} "
+              f"(best of {args.repeat}): audio-s/s; CPU-ms per audio-second of the trainer's process and of "
+              "the producer's workers; the wall-clock ratio to the cached features' rate (goal >= 0.80)")
+        base = max(runs["cached features (today)"])
+        for name, values in runs.items():
+            rate, trainer, workers = max(values)
+            print(f"  {name:46s} {rate:6.1f}  trainer {trainer:5.2f}  workers {workers:5.2f}  ratio "
+                  f"{rate / base[0]:.2f}   (all: {', '.join(f'{v[0]:.1f}' for v in values)})")
+        print("  (TF uses trainer CPU-ms x audio-s/s / 1000 cores; 2 cores are (1000 / 2) / trainer audio-s/s "
+              "at most)")
         print(cpu_line())
 
 
