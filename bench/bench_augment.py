@@ -149,7 +149,8 @@ def main() -> None:
     p.add_argument("--feed", default="tensors,numpy",
                    help="tensors: AugmentedSplit.tensors (the drop-in); numpy: its batches fed as arrays")
     p.add_argument("--train-only", action="store_true", help="skip the producer's cost table")
-    p.add_argument("--specs", help="';'-separated augment specs instead of the TRAINING.rst example")
+    p.add_argument("--specs", help="';'-separated augment specs instead of the TRAINING.rst example (NOISE: the "
+                                   "noise CSV)")
     args = p.parse_args()
 
     import logging
@@ -164,7 +165,7 @@ def main() -> None:
         index = write_features(csv, tmp / "features", threads=2)
         features_dir = tmp / "features"
         seconds = float(index["duration"].sum())
-        specs = args.specs.split(";") if args.specs else example(noise_csv)
+        specs = [s.replace("NOISE", str(noise_csv)) for s in args.specs.split(";")] if args.specs else example(noise_csv)
         n_batches = len(index) // args.batch
         used = float(index["duration"][:n_batches * args.batch].sum())
         print(f"{len(index)} clips, {seconds:.0f} s of audio; augment: {' '.join(specs)}")
@@ -198,10 +199,13 @@ def main() -> None:
                 audio += sum(durations[n.decode()] for n in getattr(names, "numpy", lambda: names)())
                 step += 1
             wall = time.perf_counter() - start
+            if split is not None:
+                waits.append(split.waited / wall)
             return (audio / wall, (time.process_time() - cpu) / audio * 1000,
                     (worker_cpu(split) - workers) / audio * 1000)
 
         cached = dataset.load(features_dir, ALPHABET, args.batch, train=True)
+        waits: list[float] = []
         epoch(cached.take(3))  # tracing
         configs = {"cached features (today)": None}
         for nice in map(int, args.nice.split(",")):
@@ -231,8 +235,8 @@ def main() -> None:
             rate, trainer, workers = max(values)
             print(f"  {name:46s} {rate:6.1f}  trainer {trainer:5.2f}  workers {workers:5.2f}  ratio "
                   f"{rate / base[0]:.2f}   (all: {', '.join(f'{v[0]:.1f}' for v in values)})")
-        print("  (TF uses trainer CPU-ms x audio-s/s / 1000 cores; 2 cores are (1000 / 2) / trainer audio-s/s "
-              "at most)")
+        print(f"  the trainer waited for augmented batches {min(waits):.0%}-{max(waits):.0%} of an epoch's time; TF "
+              "used trainer CPU-ms x audio-s/s / 1000 cores")
         print(cpu_line())
 
 

@@ -416,9 +416,14 @@ def parse_one(spec: str, sample_rate: int = 16000, check_sources: bool = True) -
             raise _bad(spec, f"{key}={text}: {what} takes values in [{allowed[0]:g}, {allowed[1]:g}], this "
                              f"range reaches {span}")
     aug = cls(spec, **values)  # a `domain` key sets the instance's domain
-    if isinstance(aug, Codec) and sample_rate not in Codec.RATES:
-        raise _bad(spec, f"Opus codes only {', '.join(map(str, Codec.RATES))} Hz audio, not "
-                         f"audio_sample_rate {sample_rate}")
+    if isinstance(aug, Codec):
+        if sample_rate not in Codec.RATES:
+            raise _bad(spec, f"Opus codes only {', '.join(map(str, Codec.RATES))} Hz audio, not "
+                             f"audio_sample_rate {sample_rate}")
+        try:
+            import opuslib  # noqa: F401  (loads the system's libopus)
+        except Exception as e:  # opuslib raises a bare Exception when libopus is missing
+            raise _bad(spec, f"needs libopus (apt-get install libopus0) and opuslib: {e}") from None
     if isinstance(aug, Overlay) and check_sources:
         from dsflow.augmented import overlay_source
 

@@ -32,6 +32,7 @@ import functools
 import itertools
 import multiprocessing
 import os
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -181,8 +182,7 @@ def _batch_features(epoch: int, rows) -> tuple[np.ndarray, np.ndarray]:
         samples = read_pcm16(path, path, w["sample_rate"])
         ctx = augment.Context(w["sample_rate"], w["win_step"], label_length)
         out.append(clip_features(samples, w["augs"], w["seed"], epoch, index,
-                                         clock(epoch, index, w["n_clips"], w["epochs"]), ctx,
-                                         w["win_len"], w["win_step"]))
+                                 clock(epoch, index, w["n_clips"], w["epochs"]), ctx, w["win_len"], w["win_step"]))
     lengths = np.array([len(f) for f in out], np.int32)
     features = np.zeros((len(out), int(lengths.max(initial=0)), N_INPUT), np.float32)
     for i, f in enumerate(out):
@@ -195,8 +195,9 @@ def _batch_features(epoch: int, rows) -> tuple[np.ndarray, np.ndarray]:
 class AugmentedSplit:
     """A training split's batches with augmentations, epoch by epoch (see the module docstring).
 
-    `augment`: the spec strings (checked here: UserError). `workers`: processes computing batches (0: in this
-    process). `epochs`: the run's --epochs (the clock's end)."""
+    `augment_specs`: the `augment` strings (checked here: UserError). `random_seed`: the run's. `epochs`: the run's
+    --epochs (the clock's end). `workers`: processes computing batches (0: in this process); `ahead`: batches in
+    flight or waiting (default 4 per worker); `nice`: the workers' niceness."""
 
     def __init__(self, features_dir, alphabet, batch_size: int, augment_specs, random_seed: int = 4568,
                  epochs: int = 75, workers: int = 1, ahead: int | None = None, nice: int = 10):
@@ -224,6 +225,7 @@ class AugmentedSplit:
         self.workers = 0 if self.cached else max(0, workers)
         self.ahead = ahead or max(4, 4 * self.workers)
         self.nice = nice
+        self.waited = 0.0  # seconds the consumer waited for the workers in the current `batches` (log it per epoch)
         self._pool = None
 
     # -- batches
@@ -254,6 +256,7 @@ class AugmentedSplit:
                 yield self._finish(b, *_batch_features(epoch, self._rows(b)))
             return
         pool = self._executor()
+        self.waited = 0.0
         todo = iter(range(start, self.n_batches))
         pending = deque((b, pool.submit(_batch_features, epoch, self._rows(b)))
                         for b in itertools.islice(todo, self.ahead))
@@ -262,6 +265,10 @@ class AugmentedSplit:
                 b, future = pending.popleft()
                 for nxt in itertools.islice(todo, 1):
                     pending.append((nxt, pool.submit(_batch_features, epoch, self._rows(nxt))))
+                if not future.done():
+                    t = time.monotonic()
+                    future.result()
+                    self.waited += time.monotonic() - t
                 yield self._finish(b, *future.result())
         finally:
             for _, future in pending:
