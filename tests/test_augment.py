@@ -54,7 +54,7 @@ DEFAULTS = {
     "overlay[source={noise}]": {"snr": ValueRange(3.0, 3.0, 0.0), "layers": ValueRange(1, 1, 0)},
     "reverb": {"delay": ValueRange(20.0, 20.0, 0.0), "decay": ValueRange(10.0, 10.0, 0.0)},
     "resample": {"rate": ValueRange(8000, 8000, 0)},
-    "codec": {"bitrate": ValueRange(3200, 3200, 0)},
+    "codec": {"bitrate": ValueRange(3200, 3200, 0), "complexity": ValueRange(9, 9, 0)},
     "volume": {"dbfs": ValueRange(3.0103, 3.0103, 0.0)},
     "pitch": {"pitch": ValueRange(1.075, 1.075, 0.125)},
     "tempo": {"factor": ValueRange(1.1, 1.1, 0.0), "max_time": -1.0},
@@ -118,6 +118,7 @@ def test_parse_orders_by_domain_then_as_given():
     ("pitch[pitch=0.1~0.2]", "reaches -0.1 to 0.3"),
     ("tempo[factor=0]", "speed factor"),
     ("codec[bitrate=100]", "[500, 512000]"),
+    ("codec[complexity=11]", "[0, 10]"),
     ("resample[rate=8000~7500]", "[1000, 384000]"),
     ("dropout[rate=1.5]", "fraction of values"),
     ("time_mask[domain=audio]", "domain='audio': must be one of signal, spectrogram, features"),
@@ -210,6 +211,8 @@ def test_codec_round_trips_through_opus(ldc):
     out = apply("codec[bitrate=32000]", audio)
     assert len(out) == len(audio) and out.dtype == np.float32 and not np.array_equal(out, audio)
     assert 0.5 < np.std(out) / np.std(audio) < 2
+    fast = apply("codec[bitrate=32000,complexity=0]", audio)
+    assert len(fast) == len(audio) and not np.array_equal(fast, out)
 
 
 def test_pitch_tempo_warp_geometry():

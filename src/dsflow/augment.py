@@ -32,7 +32,9 @@ Differences from DeepSpeech, on purpose:
 - `resample`: soxr at its very-high quality (DeepSpeech: librosa's default, resampy `kaiser_best`).
 - `codec`: libopus through opuslib 3.0.1 (DeepSpeech: opuslib 2.0.0, same calls: 60 ms frames, application
   "audio", the last frame zero-padded), with the system's libopus, so the coded audio differs by its version.
-  Audio beyond full scale is clipped to int16 before coding (DeepSpeech's cast wrapped around).
+  Audio beyond full scale is clipped to int16 before coding (DeepSpeech's cast wrapped around). The extra key
+  `complexity` (default 9, libopus 1.3's default, which DeepSpeech ran with) trades the codec's fidelity for
+  speed: the codec is by far the most expensive augmentation (bench/bench_augment.py).
 - `warp`: the time and frequency flows are drawn from one normal sample as in DeepSpeech (its two stateless
   draws share a seed), so they stay proportional; kept.
 - A mask or warp on a clip too short for it (fewer than 2 frames) leaves the clip as it is (DeepSpeech failed).
@@ -206,7 +208,9 @@ class Resample(Augmentation):
 
 class Codec(Augmentation):
     name = "codec"
-    keys = {"bitrate": (int, "3200", (500, 512000), "Opus bitrate in bit/s")}
+    keys = {"bitrate": (int, "3200", (500, 512000), "Opus bitrate in bit/s"),
+            "complexity": (int, "9", (0, 10), "[dsflow] Opus encoder complexity (9: libopus's default, "
+                                               "DeepSpeech's; 0 is 3-4x faster)")}
     RATES = (8000, 12000, 16000, 24000, 48000)  # the rates Opus codes
 
     def apply(self, audio, rng, clock, ctx):
@@ -217,6 +221,7 @@ class Codec(Augmentation):
         frame = 60 * ctx.sample_rate // 1000
         encoder = opuslib.Encoder(ctx.sample_rate, 1, "audio")
         encoder.bitrate = bitrate
+        encoder.complexity = self.complexity.pick(rng, clock)
         decoder = opuslib.Decoder(ctx.sample_rate, 1)
         out = bytearray()
         for i in range(0, len(pcm), frame):
