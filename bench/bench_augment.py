@@ -5,8 +5,9 @@
    augmentation alone at p=1; and the wall-clock throughput of one worker process (audio-s/s per worker).
 2. Training throughput, same run: the demo's model (n_hidden 256, batch 16, dsflow.train.step_functions) over one
    epoch of the cached features (dataset.load, today's path) and over epochs from the augmenting producer
-   (`--workers` processes, nice 10), interleaved `--repeat` times, best of each; the ratio is the issue's goal
-   (>= 0.8). Audio-s/s counts the clips' durations over the epoch's wall time, waits for input included.
+   (`--workers` processes), interleaved `--repeat` times, best of each; the ratio is the issue's goal (>= 0.8).
+   Audio-s/s counts the clips' durations over the epoch's wall time, waits for input included; CPU-ms per audio
+   second of the trainer's process and of the workers say what the speed would be on a saturated machine.
 
     python bench/bench_augment.py [--clips 320] [--workers 1] [--repeat 2] [--threads 0]
 
@@ -63,7 +64,8 @@ def cpu_line() -> str:
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
     shown = " ".join(f"{k}={k in flags}" for k in ("avx2", "avx512f", "avx512_vnni", "amx_bf16"))
-    return f"CPU: {model}, {os.cpu_count()} cores; {shown}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"CPU: {model}, {os.cpu_count()} cores; {shown}; load average {load}"
 
 
 def make_corpus(folder: Path, n: int, seed: int = 0):
@@ -145,8 +147,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: its default)")
     p.add_argument("--n_hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--nice", default="10,0", help="the workers' niceness values to compare (default 10,0)")
-    p.add_argument("--feed", default="tensors,numpy",
+    p.add_argument("--nice", default="0", help="the workers' niceness values to compare, e.g. 0,10 (default 0)")
+    p.add_argument("--feed", default="tensors",
                    help="tensors: AugmentedSplit.tensors (the drop-in); numpy: its batches fed as arrays")
     p.add_argument("--train-only", action="store_true", help="skip the producer's cost table")
     p.add_argument("--specs", help="';'-separated augment specs instead of the TRAINING.rst example (NOISE: the "
@@ -165,7 +167,8 @@ def main() -> None:
         index = write_features(csv, tmp / "features", threads=2)
         features_dir = tmp / "features"
         seconds = float(index["duration"].sum())
-        specs = [s.replace("NOISE", str(noise_csv)) for s in args.specs.split(";")] if args.specs else example(noise_csv)
+        specs = example(noise_csv) if not args.specs else [s.replace("NOISE", str(noise_csv))
+                                                            for s in args.specs.split(";")]
         n_batches = len(index) // args.batch
         used = float(index["duration"][:n_batches * args.batch].sum())
         print(f"{len(index)} clips, {seconds:.0f} s of audio; augment: {' '.join(specs)}")

@@ -12,10 +12,19 @@ Design
   examples it would have had, and a run is reproducible.
 - Where the work happens: sample-domain augmentations on the float audio (int16 / 32767, DeepSpeech's pcm_to_np),
   signal ones on the same, spectrogram ones on dsflow.mfcc.spectrogram, then dsflow.mfcc.mfcc_of_spectrogram
-  (bit-identical to the features job's mfcc), feature ones on the MFCCs. `workers` processes (forkserver, one BLAS
-  thread, `nice` 10 so that TensorFlow's threads keep priority) each compute whole batches (read, augment,
-  features, zero-padding); at most `ahead` batches are in flight or waiting (bounded memory). The trainer's
-  process only adds the labels (tiny) and turns arrays into tensors.
+  (bit-identical to the features job's mfcc), feature ones on the MFCCs; which augmentations apply to a clip (p) is
+  decided first, so a clip none applies to costs only its reading and features. `workers` processes (forkserver,
+  one BLAS thread) each compute whole batches (read, augment, features, zero-padding); at most `ahead` batches are
+  in flight or waiting (bounded memory). The trainer's process only adds the labels and converts to tensors
+  (about 1 CPU-ms a batch). `waited` says how long the consumer waited for the workers in the current epoch.
+- Cost (bench/bench_augment.py, 2-core AMD EPYC shared with other jobs): reading + features 0.12 CPU-ms per audio
+  second; DeepSpeech's TRAINING.rst example set (13 augmentations, mostly p=0.1) 1.4-1.8, about 80% of it the Opus
+  encoder of `codec` (0.8 with codec complexity=0, 0.5 without codec); the demo's trainer (n_hidden 256, batch 16)
+  spends 2.6 (one TensorFlow thread) to 3.3 (two) CPU-ms per audio second. So the workers need roughly half the
+  trainer's CPU with the example set: on a machine with a core to spare for them (e.g. TensorFlow on one thread,
+  as fast as two at this size) training keeps its speed; on a saturated machine it runs at about
+  trainer / (trainer + workers) of it (measured 0.53-0.64 of the cached features' speed with other jobs loading
+  this machine, 0.71 with codec complexity=0).
 - Only feature-domain augmentations (add/multiply by default, or dropout/time_mask with domain=features): the
   audio is not read at all; the cached features are streamed with dataset.load and each clip's valid frames are
   augmented in the trainer's process (microseconds a clip). The result equals the full pipeline's, since the
@@ -153,7 +162,7 @@ _worker: dict = {}
 
 
 def _init(specs, sample_rate, win_len, win_step, seed, n_clips, epochs, nice) -> None:
-    """A worker process's start: lower priority, one BLAS thread, the parsed augmentations."""
+    """A worker process's start: its niceness, one BLAS thread, the parsed augmentations."""
     from threadpoolctl import threadpool_limits
 
     if nice:
@@ -197,10 +206,11 @@ class AugmentedSplit:
 
     `augment_specs`: the `augment` strings (checked here: UserError). `random_seed`: the run's. `epochs`: the run's
     --epochs (the clock's end). `workers`: processes computing batches (0: in this process); `ahead`: batches in
-    flight or waiting (default 4 per worker); `nice`: the workers' niceness."""
+    flight or waiting (default 4 per worker); `nice`: the workers' niceness (0: 10 was not faster beside TensorFlow,
+    and starved the workers when other jobs loaded the machine)."""
 
     def __init__(self, features_dir, alphabet, batch_size: int, augment_specs, random_seed: int = 4568,
-                 epochs: int = 75, workers: int = 1, ahead: int | None = None, nice: int = 10):
+                 epochs: int = 75, workers: int = 1, ahead: int | None = None, nice: int = 0):
         from dsflow.alphabet import Alphabet
 
         self.dir = Path(features_dir)
