@@ -3,7 +3,7 @@
 1. The producer's cost: CPU-seconds of augmentation + features per audio-second, in this process (robust to a
    busy machine), for DeepSpeech's TRAINING.rst example set (all 13 augmentations, mostly p=0.1) and for each
    augmentation alone at p=1; and the wall-clock throughput of one worker process (audio-s/s per worker).
-2. Training throughput, same run: the demo's model (n_hidden 256, batch 16, dsflow.train.step_functions) over one
+2. Training throughput, same run: the demo's model (n_hidden 256, batch 16, dsflow.model.step_functions) over one
    epoch of the cached features (dataset.load, today's path) and over epochs from the augmenting producer
    (`--workers` processes), interleaved `--repeat` times, best of each; the ratio is the issue's goal (>= 0.8).
    Audio-s/s counts the clips' durations over the epoch's wall time, waits for input included; CPU-ms per audio
@@ -182,7 +182,7 @@ def main() -> None:
         if args.threads:
             tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         from dsflow import dataset, model
-        from dsflow.train import step_functions
+        from dsflow.model import step_functions
 
         net = model.DeepSpeech(args.n_hidden, 29)
         opt = model.adam(1e-4)

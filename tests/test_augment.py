@@ -346,7 +346,7 @@ def test_a_training_step_consumes_the_augmented_dataset(corpus):
 
     from dsflow import model
     from dsflow.augmented import AugmentedSplit
-    from dsflow.train import step_functions
+    from dsflow.model import step_functions
 
     net = model.DeepSpeech(16, 29)
     opt = model.adam(1e-3)

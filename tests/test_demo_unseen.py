@@ -17,8 +17,8 @@ def _rows(path):
 
 def test_unseen_speakers_test_set_is_imported_as_a_test_split(tmp_path):
     out = tmp_path / "cv-corpus-demo-unseen" / "en"
-    assert main(["demo-corpus", "--text", str(TEXT), "--out", str(out), "--limit-lists", "1", "--takes", "3",
-                 "--threads", "2", "--unseen-speakers"]) == 0
+    assert main(["demo-corpus", "--text", str(TEXT), "--out", str(out), "--limit_lists", "1", "--takes", "3",
+                 "--threads", "2", "--unseen_speakers"]) == 0
     assert _rows(out / "train.tsv") == [] and _rows(out / "dev.tsv") == []
     test = _rows(out / "test.tsv")
     assert _rows(out / "validated.tsv") == test and len(test) == 30  # list 67: 10 sentences, 3 takes
@@ -34,8 +34,8 @@ def test_unseen_speakers_test_set_is_imported_as_a_test_split(tmp_path):
     assert len({r["client_id"] for r in test}) == 24 and len({s["voice"] for s in synthesis}) == 4
 
     imported = tmp_path / "import"
-    assert main(["import-cv", "--cv-dir", str(out), "--out-dir", str(imported), "--wav-dir", str(tmp_path / "wav"),
-                 "--alphabet", str(ROOT / "data/alphabet.txt"), "--threads", "2"]) == 0
+    assert main(["import-cv", "--cv_dir", str(out), "--out_dir", str(imported), "--wav_dir", str(tmp_path / "wav"),
+                 "--alphabet_config_path", str(ROOT / "data/alphabet.txt"), "--threads", "2"]) == 0
     with open(imported / "test.csv", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 30
     with open(imported / "train.csv", encoding="utf-8") as f:

@@ -12,7 +12,7 @@ permutation in every split, so dev and test use the same speakers as train; rate
 a random generator seeded by (seed, line). The same seed on the same espeak-ng/sox gives the same
 files.
 
-``--unseen-speakers`` makes instead a held-out test set of the test sentences (lists 67-72) spoken by speakers
+``--unseen_speakers`` makes instead a held-out test set of the test sentences (lists 67-72) spoken by speakers
 the demo never uses: the other four espeak-ng English voices (accents) with six variants the demo does not use
 (UNSEEN_VOICES x UNSEEN_VARIANTS = 24 speakers), rates and pitches drawn as above. It is laid out the same way
 (its train.tsv and dev.tsv have no rows), so ``dsflow import-cv`` reads it and writes its test.csv, and its clips
@@ -47,7 +47,7 @@ VOICES = {
     "en-gb-x-rp": "england",
 }
 VARIANTS = ["m1", "m2", "m3", "m4", "m7", "f1", "f2", "f3", "f4", "f5"]
-# Speakers for --unseen-speakers: espeak-ng's other four English voices (mbrola voices need mbrola, not installed),
+# Speakers for --unseen_speakers: espeak-ng's other four English voices (mbrola voices need mbrola, not installed),
 # each with plain variants the demo never uses (pitch/formant settings; no robot, whisper or klatt variants).
 UNSEEN_VOICES = {
     "en-gb-scotland": "scotland",
@@ -138,7 +138,7 @@ def plan_unseen(sentences: list[str], takes: int, seed: int, limit_lists: int | 
     if not 1 <= takes <= len(RATES):
         raise UserError(f"--takes {takes}: must be 1 to {len(RATES)} (takes of a sentence get distinct rates)")
     if limit_lists is not None and limit_lists < 1:
-        raise UserError(f"--limit-lists {limit_lists}: must be at least 1")
+        raise UserError(f"--limit_lists {limit_lists}: must be at least 1")
     pairs = [(v, var) for v in UNSEEN_VOICES for var in UNSEEN_VARIANTS]
     random.Random(f"{seed}:unseen-speakers").shuffle(pairs)
     first, last = SPLITS["test"]
@@ -240,7 +240,7 @@ def add_parser(sub) -> None:
                    help="only the first K Harvard lists of each split (train, dev, test), for tests")
     p.add_argument("--threads", type=int, default=1, help="parallel synthesis processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voice/rate/pitch choices (default 0)")
-    p.add_argument("--unseen-speakers", action="store_true",
+    p.add_argument("--unseen_speakers", action="store_true",
                    help="instead: a test set of the test sentences by 24 speakers the demo never uses (other "
                         "espeak-ng English voices and variants), in the same Common Voice layout (test.tsv)")
     p.set_defaults(func=_main)
