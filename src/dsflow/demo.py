@@ -11,6 +11,12 @@ dev/test sentence is ever trained on. Each sentence is spoken ``takes`` times by
 permutation in every split, so dev and test use the same speakers as train; rate and pitch come from
 a random generator seeded by (seed, line). The same seed on the same espeak-ng/sox gives the same
 files.
+
+``--unseen_speakers`` makes instead a held-out test set of the test sentences (lists 67-72) spoken by speakers
+the demo never uses: the other four espeak-ng English voices (accents) with six variants the demo does not use
+(UNSEEN_VOICES x UNSEEN_VARIANTS = 24 speakers), rates and pitches drawn as above. It is laid out the same way
+(its train.tsv and dev.tsv have no rows), so ``dsflow import-cv`` reads it and writes its test.csv, and its clips
+go through the same MP3 and import as the demo's; clip numbers start at 90000001, never a demo clip's name.
 """
 
 from __future__ import annotations
@@ -41,6 +47,17 @@ VOICES = {
     "en-gb-x-rp": "england",
 }
 VARIANTS = ["m1", "m2", "m3", "m4", "m7", "f1", "f2", "f3", "f4", "f5"]
+# Speakers for --unseen_speakers: espeak-ng's other four English voices (mbrola voices need mbrola, not installed),
+# each with plain variants the demo never uses (pitch/formant settings; no robot, whisper or klatt variants).
+UNSEEN_VOICES = {
+    "en-gb-scotland": "scotland",
+    "en-gb-x-gbclan": "england",  # Lancaster
+    "en-gb-x-gbcwmd": "england",  # West Midlands
+    "en-029": "other",  # Caribbean
+}
+UNSEEN_VARIANTS = ["m5", "m6", "m8", "Annie", "linda", "steph"]
+FEMALE = {"f1", "f2", "f3", "f4", "f5", "Annie", "linda", "steph"}
+UNSEEN_FIRST_CLIP = 90_000_001
 AGES = ["twenties", "thirties", "fourties", "fifties"]  # Common Voice's spelling
 RATES = list(range(130, 191, 5))  # words per minute; distinct within a sentence
 PITCHES = [35, 50, 65]  # espeak-ng -p (0-99, 50 = the variant's own pitch)
@@ -116,15 +133,39 @@ def plan(sentences: list[str], takes: int, seed: int, limit_lists: int | None = 
     return clips
 
 
+def plan_unseen(sentences: list[str], takes: int, seed: int, limit_lists: int | None = None) -> list[Clip]:
+    """The held-out test set: the test sentences, `takes` each, by the unseen speakers dealt round-robin."""
+    if not 1 <= takes <= len(RATES):
+        raise UserError(f"--takes {takes}: must be 1 to {len(RATES)} (takes of a sentence get distinct rates)")
+    if limit_lists is not None and limit_lists < 1:
+        raise UserError(f"--limit_lists {limit_lists}: must be at least 1")
+    pairs = [(v, var) for v in UNSEEN_VOICES for var in UNSEEN_VARIANTS]
+    random.Random(f"{seed}:unseen-speakers").shuffle(pairs)
+    first, last = SPLITS["test"]
+    if limit_lists is not None:
+        last = min(last, first + limit_lists - 1)
+    clips = []
+    for k, line in enumerate(range((first - 1) * PER_LIST + 1, last * PER_LIST + 1)):
+        rng = random.Random(f"{seed}:unseen:{line}")
+        rates = rng.sample(RATES, takes)
+        for take in range(takes):
+            voice, variant = pairs[(k * takes + take) % len(pairs)]
+            clips.append(Clip("test", line, take, sentences[line - 1],
+                              f"common_voice_en_{UNSEEN_FIRST_CLIP + k * takes + take:08d}.mp3",
+                              voice, variant, rates[take], rng.choice(PITCHES)))
+    return clips
+
+
 def client_id(voice: str, variant: str) -> str:
     """A stable 128-hex-digit id per synthetic speaker, shaped like Common Voice's (SHA-512) client_id."""
     return hashlib.sha512(f"dsflow-demo-corpus:{voice}+{variant}".encode()).hexdigest()
 
 
 def cv_row(clip: Clip) -> list[str]:
+    variants = VARIANTS + UNSEEN_VARIANTS
     return [client_id(clip.voice, clip.variant), clip.path, clip.sentence, "2", "0",
-            AGES[VARIANTS.index(clip.variant) % len(AGES)],
-            "female" if clip.variant.startswith("f") else "male", VOICES[clip.voice], "en", ""]
+            AGES[variants.index(clip.variant) % len(AGES)],
+            "female" if clip.variant in FEMALE else "male", {**VOICES, **UNSEEN_VOICES}[clip.voice], "en", ""]
 
 
 def _run(cmd: list[str], what: str, **kwargs) -> bytes:
@@ -156,11 +197,12 @@ def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 def build(text: str | Path, out: str | Path, takes: int = DEFAULT_TAKES, seed: int = 0,
-          limit_lists: int | None = None, threads: int = 1) -> list[Clip]:
-    """Build the corpus in a temporary sibling of `out`, then move it into place."""
+          limit_lists: int | None = None, threads: int = 1, unseen_speakers: bool = False) -> list[Clip]:
+    """Build the corpus (or with `unseen_speakers` the held-out test set) in a temporary sibling of `out`, then
+    move it into place."""
     from dsflow.log import Progress, log
 
-    clips = plan(read_sentences(text), takes, seed, limit_lists)
+    clips = (plan_unseen if unseen_speakers else plan)(read_sentences(text), takes, seed, limit_lists)
     out = Path(out)
     with atomic_dir(out) as tmp:
         (tmp / "clips").mkdir()
@@ -198,10 +240,13 @@ def add_parser(sub) -> None:
                    help="only the first K Harvard lists of each split (train, dev, test), for tests")
     p.add_argument("--threads", type=int, default=1, help="parallel synthesis processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voice/rate/pitch choices (default 0)")
+    p.add_argument("--unseen_speakers", action="store_true",
+                   help="instead: a test set of the test sentences by 24 speakers the demo never uses (other "
+                        "espeak-ng English voices and variants), in the same Common Voice layout (test.tsv)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     build(args.text, args.out, takes=args.takes, seed=args.seed, limit_lists=args.limit_lists,
-          threads=args.threads)
+          threads=args.threads, unseen_speakers=args.unseen_speakers)
     return 0

@@ -8,7 +8,8 @@ operations (and one FFTW real FFT) over blocks of frames, in float64 like the ke
 rounded to float32 between the two ops like the graph does. On real audio the result is bit-identical to the
 ops but for a rare 1-ulp difference (tests/test_features.py checks it with a 1-2 float32-step tolerance).
 `spectrogram` and `mfcc_of_spectrogram` are the two ops one at a time (for augmentations that work on the
-spectrogram); `mfcc` is both, fused block by block, with the same result.
+spectrogram); `mfcc` is both, fused block by block, with the same result. All three take int16 samples, or
+float32 audio already scaled as DeepSpeech's pcm_to_np scales it (int16 / 32767: augmented audio stays float).
 
 This module owns the feature arithmetic's constants: N_INPUT (DeepSpeech's util/config.py n_input) and the
 window sizes in samples (`window_samples`).
@@ -97,7 +98,12 @@ def _frames(samples: np.ndarray, sample_rate: int, win_len_ms: float, win_step_m
         raise ValueError(f"mono audio expected, got shape {samples.shape}")
     window, stride = window_samples(sample_rate, win_len_ms, win_step_ms)
     tables = _tables(window, sample_rate, sample_rate / 2)
-    audio = samples.astype(np.float32) / INT16_MAX  # pcm_to_np: /32767 in float32
+    if samples.dtype == np.float32:  # already DeepSpeech's float audio (augmented audio, dsflow.augment)
+        audio = samples
+    elif samples.dtype.kind in "iu":
+        audio = samples.astype(np.float32) / INT16_MAX  # pcm_to_np: /32767 in float32
+    else:
+        raise ValueError(f"int16 samples or float32 audio (int16 / 32767) expected, got {samples.dtype}")
     n = n_frames(len(audio), window, stride)
     # the overlapping frames as a view of `audio`: sliding_window_view(audio, window)[::stride] in 1 us, not 40
     frames = np.ndarray((n, window), audio.dtype, audio, 0, (stride * audio.itemsize, audio.itemsize))
