@@ -1,4 +1,5 @@
 # Every global of the workflow, the input functions, and the list of final outputs (final_outputs()).
+import dsflow.augment as dsaugment
 import dsflow.config as dscfg
 import dsflow.deps as dsdeps
 import dsflow.fingerprint as dsfp
@@ -17,11 +18,24 @@ CV_DIR = config["common_voice_dir"]
 SPLITS = [s for s in dscfg.SPLITS if CV_DIR or dsflags.file_list(config[f"{s}_files"])]
 LOGS = "results/logs"
 TRAIN = "train" in SPLITS
-EVALUATE = (
-    TRAIN and "test" in SPLITS
-)  # a model to train and a test set to evaluate it on
-CHECKPOINT_DIR = config["checkpoint_dir"] or "results/checkpoints"
-EXPORT_DIR = config["export_dir"]  # DeepSpeech: an empty export_dir means no export
+# Where training publishes its checkpoint folder; without training, the model to evaluate and export (DeepSpeech:
+# checkpoint_dir is the shorthand for save_checkpoint_dir and load_checkpoint_dir).
+CHECKPOINT_DIR = (
+    config["save_checkpoint_dir"] or config["checkpoint_dir"] or "results/checkpoints"
+)
+START = config[
+    "load_checkpoint_dir"
+]  # what training starts from (fine-tuning, transfer learning)
+MODEL_DIR = CHECKPOINT_DIR if TRAIN else START or config["checkpoint_dir"]
+EVALUATE = "test" in SPLITS and bool(
+    MODEL_DIR
+)  # a model and a test set to evaluate it on
+EXPORT_DIR = (
+    config["export_dir"] if MODEL_DIR else ""
+)  # DeepSpeech: empty means no export
+AUGMENT_SOURCES = dsaugment.sources(
+    config["augment"]
+)  # overlay sources: training inputs
 # The decoder's language model: the user's scorer_path, or the package built from the training transcripts; with
 # lm_optimize, evaluation uses a copy with the alpha/beta found on the dev set as its defaults.
 SCORER = config["scorer_path"] or ("results/lm/lm.scorer" if config["build_lm"] else "")
@@ -56,6 +70,11 @@ def audio_fingerprint(split):
     return dsfp.of_csvs(split_csvs(split) + train)
 
 
+def augment_fingerprint():
+    """The content of the overlay sources' audio (augment), which changes what training sees."""
+    return dsfp.of_csvs(AUGMENT_SOURCES) if AUGMENT_SOURCES else ""
+
+
 def clips_fingerprint():
     """The content of the clips a Common Voice release lists (not of the demo corpus, a rule's output)."""
     return (
@@ -76,7 +95,7 @@ def final_outputs():
         outputs.append(CHECKPOINT_DIR)
     if EVALUATE:
         outputs.append("results/evaluate/report.md")
-    if TRAIN and EXPORT_DIR:
+    if EXPORT_DIR:
         outputs.append(EXPORT_DIR)
     # the report's figures and pages
     outputs.append("results/report/validation.html")

@@ -1,7 +1,7 @@
 rule evaluate:
     """DeepSpeech's test report on the test split with the best-dev checkpoint (beam search with the scorer, else greedy)."""
     input:
-        checkpoint=CHECKPOINT_DIR,
+        checkpoint=MODEL_DIR,
         test="results/features/test",
         scorer=EVAL_SCORER or [],
         code=code("evaluate"),

@@ -1,7 +1,7 @@
 rule export:
     """DeepSpeech's export of the best-dev checkpoint: streaming TF SavedModel, TFLite, metadata, model card."""
     input:
-        checkpoint=CHECKPOINT_DIR,
+        checkpoint=MODEL_DIR,
         code=code("export"),
     output:
         directory(EXPORT_DIR or "results/export"),

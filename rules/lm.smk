@@ -23,7 +23,7 @@ rule lm_optimize:
     TPE; the acoustic model runs once), the best pair written into a copy of the scorer package as its defaults.
     """
     input:
-        checkpoint=CHECKPOINT_DIR,
+        checkpoint=MODEL_DIR,
         dev="results/features/dev",
         scorer=SCORER or [],
         code=code("lm-optimize"),

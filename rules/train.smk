@@ -7,6 +7,8 @@ rule train:
         # Every split is validated before training starts (a bad test CSV fails first, not hours later), but a
         # re-validated split does not re-run training by itself: ancient() ignores these files' times.
         validated=ancient(expand("results/validate/{split}.summary.json", split=SPLITS)),
+        start=START or [],  # fine-tuning / transfer learning: a new starting point re-runs training
+        overlay=AUGMENT_SOURCES,
         code=code("train"),
     output:
         directory(CHECKPOINT_DIR),
@@ -24,6 +26,7 @@ rule train:
         work="results/work/train",
         dev=lambda w, input: ",".join(input.dev),
         flags=dsflags.render("train", config),
+        overlay_audio=lambda w: augment_fingerprint(),
     shell:
         "dsflow --log {log} train {params.flags} --train_features {input.train} --dev_features={params.dev}"
         " --alphabet_config_path {input.alphabet:q} --checkpoint_dir {output:q} --work_dir {params.work}"

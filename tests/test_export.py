@@ -129,4 +129,6 @@ def test_an_interrupted_export_leaves_nothing_that_looks_finished(tmp_path, monk
 
 def test_cli_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint_dir", str(tmp_path), "--export_dir", str(tmp_path / "out")]) == 2
-    assert "no features.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    # neither dsflow's folder (flags.json, features.json) nor DeepSpeech's (a checkpoint state file)
+    assert "no best_dev_checkpoint or checkpoint state file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

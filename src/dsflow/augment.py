@@ -452,3 +452,9 @@ def parse(specs, sample_rate: int = 16000, check_sources: bool = True) -> list[A
         aug.position = i  # seeds its random numbers: reordering other specs does not change them
     return [aug for _, aug in parsed]
 
+
+
+def sources(specs) -> list[str]:
+    """The overlay source CSVs the specs name (without checking them: `parse` does), for the workflow's inputs."""
+    return [parse_one(s, check_sources=False).source for s in specs or []
+            if s.strip().startswith("overlay") and isinstance(parse_one(s, check_sources=False), Overlay)]

@@ -241,6 +241,37 @@ def publish(out: str | Path, saver: Saver, alphabet_path: str | Path, flags: dic
     log.info("published %s", out, extra=SHOW)
 
 
+def _load_deepspeech(checkpoint_dir: Path, which: str, alphabet_path):
+    """A DeepSpeech 0.9.x checkpoint's model: its shapes say n_hidden, the output size and layer_norm."""
+    import tensorflow as tf
+
+    from dsflow import dscheckpoint, model
+    from dsflow.alphabet import Alphabet
+
+    prefix = dscheckpoint.find(checkpoint_dir, which)
+    if prefix is None:
+        raise UserError(f"{checkpoint_dir}: no checkpoint")
+    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    if "layer_1/weights" not in shapes:
+        raise UserError(f"{prefix}: neither a dsflow checkpoint folder (no {FLAGS}) nor a DeepSpeech checkpoint "
+                        "(no layer_1/weights)")
+    beside = Path(prefix).parent / ALPHABET
+    alphabet = Alphabet.from_file(beside if beside.is_file() else alphabet_path or "data/alphabet.txt")
+    n_hidden, n_classes = shapes["layer_1/weights"][1], shapes["layer_6/weights"][1]
+    if n_classes != len(alphabet) + 1:
+        raise UserError(f"{prefix}: its output layer (layer_6/weights {shapes['layer_6/weights']}) has {n_classes} "
+                        f"classes, but {alphabet.source} has {len(alphabet)} labels + blank: give the alphabet it was "
+                        "trained with (alphabet_config_path)")
+    trained_with = {"n_hidden": n_hidden, "layer_norm": "layer_1/LayerNorm/gamma" in shapes, "relu_clip": 20.0,
+                    "checkpoint_format": "DeepSpeech 0.9.x"}
+    net = model.DeepSpeech(n_hidden, n_classes, trained_with["layer_norm"])
+    opt = model.adam(0.001)  # load_into fills an optimizer too; inference does not use it
+    dscheckpoint.load_into(net, opt, prefix, which, 0, alphabet, load_cudnn=True, training=False)
+    net.alphabet, net.flags, net.checkpoint = alphabet, trained_with, prefix
+    log.info("loaded the DeepSpeech checkpoint %s (n_hidden %d, %d labels)", prefix, n_hidden, len(alphabet))
+    return net
+
+
 def flags(checkpoint_dir: str | Path) -> dict:
     """The training flags of a published checkpoint folder."""
     path = Path(checkpoint_dir) / FLAGS
@@ -250,17 +281,22 @@ def flags(checkpoint_dir: str | Path) -> dict:
         raise UserError(f"{checkpoint_dir}: no {FLAGS}; not a checkpoint folder written by `dsflow train`") from None
 
 
-def features_meta(checkpoint_dir: str | Path) -> dict:
-    """The feature settings (sample rate, windows) the model of a published checkpoint folder was trained with."""
+def features_meta(checkpoint_dir: str | Path) -> dict | None:
+    """The feature settings (sample rate, windows) the model of a published checkpoint folder was trained with;
+    None for a DeepSpeech checkpoint folder (it does not record them)."""
+    path = Path(checkpoint_dir) / FEATURES
+    if not path.is_file() and not (Path(checkpoint_dir) / FLAGS).is_file():
+        return None
     try:
-        return json.loads((Path(checkpoint_dir) / FEATURES).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{checkpoint_dir}: no {FEATURES} (the feature settings the model was trained with); "
                         "not a checkpoint folder written by `dsflow train`") from None
 
 
-def load_model(checkpoint_dir: str | Path, which: str = "auto"):
-    """The model (dsflow.model.DeepSpeech) of a published checkpoint folder, with its weights.
+def load_model(checkpoint_dir: str | Path, which: str = "auto", alphabet_path: str | Path | None = None):
+    """The model (dsflow.model.DeepSpeech) of a published checkpoint folder, or of a DeepSpeech 0.9.x checkpoint
+    folder (its alphabet.txt, else `alphabet_path`), with its weights.
 
     which: 'best' (best_dev), 'last' (train), or 'auto' (best, else last; DeepSpeech's load_evaluate).
     The model gets `.alphabet` (Alphabet), `.flags` (the training flags) and `.checkpoint` (the path read).
@@ -271,6 +307,8 @@ def load_model(checkpoint_dir: str | Path, which: str = "auto"):
     from dsflow.model import DeepSpeech
 
     checkpoint_dir = Path(checkpoint_dir)
+    if not (checkpoint_dir / FLAGS).is_file():
+        return _load_deepspeech(checkpoint_dir, which, alphabet_path)
     trained_with = flags(checkpoint_dir)
     alphabet = Alphabet.from_file(checkpoint_dir / ALPHABET)
     if which not in ("auto", "best", "last"):

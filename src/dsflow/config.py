@@ -129,6 +129,29 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
         Alphabet.from_file(base / config["alphabet_config_path"])
     except AlphabetError as e:
         errors.append(f"alphabet_config_path: {e}")
+    start, model = config.get("load_checkpoint_dir"), config.get("checkpoint_dir")
+    if start and not (base / start).exists() and not Path(f"{base / start}.index").exists():
+        errors.append(f"load_checkpoint_dir: {start!r} does not exist")
+    if files["train"] or cv:
+        out = (base / (config.get("save_checkpoint_dir") or model or "results/checkpoints")).resolve()
+        if start and (out == (base / start).resolve() or out in (base / start).resolve().parents):
+            errors.append(f"load_checkpoint_dir {start!r} is (inside) the folder training publishes to ({out}), "
+                          "which Snakemake deletes before training; training resumes from its own state anyway "
+                          "(results/work/train): point load_checkpoint_dir at another model's folder")
+    elif files["test"] or config.get("export_dir"):
+        if not (start or model):
+            errors.append("without train_files there is no model to evaluate or export: set checkpoint_dir (or "
+                          "load_checkpoint_dir) to a trained model's folder (dsflow's or DeepSpeech's format)")
+        elif not (base / (start or model)).exists():
+            errors.append(f"{'load_checkpoint_dir' if start else 'checkpoint_dir'}: {start or model!r}, the model to "
+                          "evaluate or export, does not exist")
+    if config.get("augment"):
+        from dsflow import augment
+
+        try:
+            augment.parse(config["augment"], config["audio_sample_rate"])
+        except UserError as e:
+            errors.append(f"augment: {e}")
     if config.get("lm_optimize"):
         if not (config.get("scorer_path") or config.get("build_lm")):
             errors.append("lm_optimize: there is no scorer to tune; set scorer_path (a .scorer package) or build_lm")

@@ -154,8 +154,8 @@ def learning_rate(state: LoadedState | None, flag: float, force_initialize: bool
     if state is None or state.learning_rate is None or force_initialize:
         return flag
     if not math.isclose(state.learning_rate, flag, rel_tol=1e-6):
-        log.info("keeping the checkpoint's learning rate %g, not --learning_rate %g (DeepSpeech's rule; "
-                 "--force_initialize_learning_rate true resets it)", state.learning_rate, flag)
+        log.info("keeping the checkpoint's learning rate %g, not learning_rate %g (DeepSpeech's rule; "
+                 "force_initialize_learning_rate true uses learning_rate)", state.learning_rate, flag)
     return state.learning_rate
 
 
@@ -379,6 +379,18 @@ def write(directory: str | Path, net, opt, best_dev: bool = False, state_files: 
         write_text(directory / "flags.txt", _flags_txt(flags, net))
     log.info("wrote DeepSpeech checkpoint %s (global step %d)", directory / name, step)
     return str(directory / name)
+
+
+def load_start(net, opt, folder: str | Path, which: str, drop_source_layers: int, alphabet, load_cudnn: bool):
+    """`load_into` for the checkpoint folder training starts from, in DeepSpeech's format or dsflow's (a dsflow
+    folder is converted to DeepSpeech's format in a temporary folder first, so that the same rules apply)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dsflow-start-") as tmp:
+        if (Path(folder) / "flags.json").is_file():
+            folder = export(folder, Path(tmp) / "deepspeech", which)
+            which = "auto"
+        return load_into(net, opt, folder, which, drop_source_layers, alphabet, load_cudnn, training=False)
 
 
 # ---------------------------------------------------------------------------------------------- command line

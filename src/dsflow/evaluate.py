@@ -119,7 +119,7 @@ def evaluate(args) -> list[dict]:
     if not dirs:
         raise UserError("--test_features: no test set given")
     flags.check(args, "evaluate")
-    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)
     step = make_step(net)

@@ -212,8 +212,10 @@ def export(args) -> Path:
     from dsflow import checkpoints
 
     flags.check(args, "export")
-    features_meta = checkpoints.features_meta(args.checkpoint_dir)
-    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
+    # a DeepSpeech checkpoint folder does not record its features: the configured ones
+    features_meta = checkpoints.features_meta(args.checkpoint_dir) or {
+        "sample_rate": args.audio_sample_rate, "win_len_ms": args.feature_win_len, "win_step_ms": args.feature_win_step}
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
     return write_export(net, args.export_dir, args, features_meta)
 
 

@@ -78,6 +78,8 @@ def add_option(parser, key: str, **overrides) -> None:
         kw["type"] = int
     elif kind == "number":
         kw["type"] = float
+    elif kind == "array":  # --key A B ...: one shell word a value
+        kw.update(nargs="*", default=list(prop.get("default") or []))
     if "enum" in prop:
         kw["choices"] = prop["enum"]
     kw.update(overrides)
@@ -96,6 +98,10 @@ def render(command: str, config: dict) -> str:
     for key in command_keys(command):
         value = config[key]
         if value is None:  # null: the option's own default (e.g. lm_alpha: the scorer's)
+            continue
+        if isinstance(value, list):
+            if value:
+                out.append(f"--{key} " + " ".join(shlex.quote(str(v)) for v in value))
             continue
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         out.append(f"--{key} {shlex.quote(text)}")

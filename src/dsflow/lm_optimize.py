@@ -169,7 +169,7 @@ def _main(args) -> int:
         raise UserError("lm-optimize: --n_trials and --test_batch_size must be >= 1, --lm_alpha_max and "
                         "--lm_beta_max >= 0")
     gpu.init_tensorflow(args.threads)
-    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, None, None, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)  # the scorer checked before the network runs
     if args.output_scorer and scorer.load(args.scorer_path, net.alphabet).kind != "package":

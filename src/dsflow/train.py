@@ -32,9 +32,10 @@ from dsflow.log import SHOW, Progress, log
 from dsflow.schedule import Schedule
 
 # Flags that do not change the trained model: they may differ between the runs of one state folder.
+# (load_checkpoint_dir counts by its content, see `identity`; augment_workers does not change the augmentations.)
 NOT_IDENTITY = {"epochs", "checkpoint_secs", "max_to_keep", "load_train", "force_initialize_learning_rate", "threads",
                 "metrics", "summary_dir", "train_features", "dev_features", "alphabet_config_path", "checkpoint_dir",
-                "work_dir"}
+                "work_dir", "load_checkpoint_dir", "augment_workers", "train_cudnn"}
 
 
 def add_parser(sub) -> None:
@@ -69,8 +70,19 @@ def run_flags(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "command", "log")}
 
 
-def identity(args, alphabet, dev_dirs: list[str]) -> dict:
+def start_checkpoint(args) -> str | None:
+    """The checkpoint training starts from (a prefix in load_checkpoint_dir, DeepSpeech's or dsflow's format, chosen
+    by load_train as DeepSpeech did: best_dev, else the last), None for a fresh model."""
+    from dsflow import dscheckpoint
+
+    if not args.load_checkpoint_dir or args.load_train == "init":
+        return None
+    return dscheckpoint.find(args.load_checkpoint_dir, args.load_train, training=False)
+
+
+def identity(args, alphabet, dev_dirs: list[str], start: str | None = None) -> dict:
     """What a state folder belongs to (see the module docstring)."""
+    from dsflow import dscheckpoint
     from dsflow.model import N_CONTEXT, N_INPUT
 
     def content(features_dir) -> str:
@@ -79,6 +91,7 @@ def identity(args, alphabet, dev_dirs: list[str]) -> dict:
     return {"model": {"n_hidden": args.n_hidden, "layer_norm": bool(args.layer_norm), "n_input": N_INPUT,
                       "n_context": N_CONTEXT, "alphabet": alphabet.labels},
             "data": {"train": content(args.train_features), "dev": [content(d) for d in dev_dirs]},
+            "start": dscheckpoint.fingerprint(start) if start else "a fresh model",
             "settings": {k: v for k, v in run_flags(args).items() if k not in NOT_IDENTITY and k not in
                          ("n_hidden", "layer_norm")}}
 
@@ -131,8 +144,11 @@ class Trainer:
         except AlphabetError as e:
             raise UserError(f"alphabet_config_path: {e}") from None
         self.dev_dirs = [d for d in args.dev_features.split(",") if d.strip()]
-        self.work = checkpoints.Work(args.work_dir, identity(args, self.alphabet, self.dev_dirs))
+        self.start = start_checkpoint(args)
+        self.work = checkpoints.Work(args.work_dir, identity(args, self.alphabet, self.dev_dirs, self.start))
         log.info("training state: %s", self.work.path)
+        if args.train_cudnn:
+            log.info("train_cudnn: dsflow has one LSTM (DeepSpeech's arithmetic, on any device); nothing changes")
 
         # data: built once, iterated every epoch (no shuffling in DeepSpeech: each epoch has the same order)
         info = dataset.info(args.train_features)
@@ -143,6 +159,13 @@ class Trainer:
                             f"{args.train_batch_size}; the last partial batch is dropped (DeepSpeech), so an epoch "
                             "would be empty")
         self.train_data = dataset.load(args.train_features, self.alphabet, args.train_batch_size, train=True)
+        self.augmented = None  # with augment: fresh augmented batches every epoch instead of the cached features
+        if args.augment:
+            from dsflow.augmented import AugmentedSplit
+
+            self.augmented = AugmentedSplit(args.train_features, self.alphabet, args.train_batch_size, args.augment,
+                                            random_seed=args.random_seed, epochs=args.epochs,
+                                            workers=args.augment_workers)
         self.dev_data = {d: (dataset.load(d, self.alphabet, args.dev_batch_size, train=False),
                              math.ceil(len(dataset.info(d)) / args.dev_batch_size)) for d in self.dev_dirs}
 
@@ -209,15 +232,18 @@ class Trainer:
             log.info("flags changed since the last run in %s: %s", self.work.path, ", ".join(changed))
         path = self._restore()
         st, lr = self.state, self.opt.learning_rate
-        if path is None:
+        if path is None and self.start:
+            self._load_start()
+        elif path is None:
             log.info("starting from a fresh model (%s parameters, n_hidden %d)", f"{self.net.count_params():,}",
                      args.n_hidden)
+            lr.assign(args.learning_rate)
         else:
             log.info("resuming from %s: epoch %d, step %d, global step %d, Adam iterations %d, learning rate %g, "
                      "best dev loss %g, epochs without improvement %d", path, st.epoch, st.step, st.global_step,
                      int(self.opt.iterations.numpy()), float(lr.numpy()), st.best_dev_loss,
                      st.epochs_without_improvement)
-        if path is None or args.force_initialize_learning_rate:
+        if path is not None and args.force_initialize_learning_rate:
             lr.assign(args.learning_rate)
         # Metrics rows of epochs after the restored state were never checkpointed: they are redone.
         self.rows = [r for r in checkpoints.read_metrics(self.work.metrics) if int(r["epoch"]) < st.epoch]
@@ -241,6 +267,8 @@ class Trainer:
             finally:
                 for s, h in handlers.items():
                     signal.signal(s, h)
+                if self.augmented:
+                    self.augmented.close()
         if self.saver.latest("train") is None:
             self._save("train")
         checkpoints.publish(args.checkpoint_dir, self.saver, args.alphabet_config_path, run_flags(args),
@@ -249,6 +277,21 @@ class Trainer:
             checkpoints.write_metrics(args.metrics, self.rows)
         log.info("FINISHED optimization in %s", timedelta(seconds=round(time.monotonic() - started)), extra=SHOW)
         return 0
+
+    def _load_start(self) -> None:
+        """Fine-tuning / transfer learning: the start checkpoint into the fresh model and optimizer, DeepSpeech's
+        way (its learning rate unless force_initialize_learning_rate; its global step; epochs from 0)."""
+        from dsflow import dscheckpoint
+
+        args, prefix = self.args, self.start
+        loaded = dscheckpoint.load_start(self.net, self.opt, args.load_checkpoint_dir, args.load_train,
+                                         args.drop_source_layers, self.alphabet, args.load_cudnn)
+        self.opt.learning_rate.assign(dscheckpoint.learning_rate(loaded, args.learning_rate,
+                                                                 args.force_initialize_learning_rate))
+        self.state.global_step = loaded.global_step
+        log.info("starting from %s (global step %d, learning rate %g, %d tensors loaded%s)", prefix,
+                 loaded.global_step, float(self.opt.learning_rate.numpy()), len(loaded.loaded),
+                 f", re-initialized: {', '.join(loaded.initialized)}" if loaded.initialized else "", extra=SHOW)
 
     def _on_signal(self, signum, frame):
         if self.signal is not None:
@@ -281,7 +324,10 @@ class Trainer:
         if st.step >= self.n_batches:
             return True
         log.info("Training epoch %d%s...", st.epoch, f" from step {st.step}" if st.step else "")
-        data = self.train_data.skip(st.step) if st.step else self.train_data
+        if self.augmented:
+            data = self.augmented.tensors(st.epoch, st.step)
+        else:
+            data = self.train_data.skip(st.step) if st.step else self.train_data
         with Progress(f"Epoch {st.epoch} | Training", self.n_batches - st.step, "batches") as progress:
             t = time.monotonic()
             for batch in data:
@@ -321,6 +367,9 @@ class Trainer:
         epoch, lr = st.epoch, float(self.opt.learning_rate.numpy())
         train_loss = st.loss_sum / st.loss_batches if st.loss_batches else math.nan
         rate = st.audio_seconds / st.seconds if st.seconds else math.nan
+        if self.augmented and self.augmented.waited:
+            log.info("the trainer waited %.1f s of the epoch for augmented batches (augment_workers %d)",
+                     self.augmented.waited, self.args.augment_workers)
         log.info("Finished training epoch %d - loss: %f (%.0f s, %.2f audio seconds/s, learning rate %g%s)",
                  epoch, train_loss, st.seconds, rate, lr,
                  f", {st.skipped_batches} batches skipped" if st.skipped_batches else "", extra=SHOW)
