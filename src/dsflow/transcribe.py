@@ -7,7 +7,9 @@ The audio goes through the exported model the way DeepSpeech's native client (St
     `dsflow.features.mfcc`, the arithmetic of the model's `mfcc` signature (DeepSpeech's AudioSpectrogram + Mfcc
     ops, which the native client ran once per window), a block at a time;
   - the MFCC buffer starts with 9 zero frames, each 19 frames make one context window, and every n_steps
-    windows make one call of the `acoustic` signature, with the LSTM state carried from call to call;
+    windows make one call of the acoustic model (the SavedModel's `acoustic` signature; in the TFLite file,
+    DeepSpeech's interface, the tensors input_node, previous_state_c/h -> logits, new_state_c/h), with the
+    LSTM state carried from call to call;
   - at the end of the audio 9 zero frames are pushed, and the last partial chunk is padded with zero windows
     (only its real time steps are kept).
 So a long file never goes into one graph call, and memory does not grow with its length beyond the output
@@ -19,6 +21,9 @@ Differences from DeepSpeech's native client: samples are scaled by 1/32767 like 
 client used 1/32768), and the client's last, partial audio window (samples left over after the last full
 window, topped up with stale samples) is not turned into an extra frame; so the features equal the training
 features exactly and the transcripts equal those of the checkpoint.
+
+Any .tflite file with DeepSpeech's interface is read, also one exported by DeepSpeech 0.9.x or Coqui STT
+(dsflow.tflite.Model); its metadata (sample rate, windows, alphabet, beam width) drives the client.
 """
 
 from __future__ import annotations
@@ -27,14 +32,13 @@ import contextlib
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from dsflow import UserError
 from dsflow.decode import LM_ALPHA, LM_BETA
-from dsflow.features import mfcc
+from dsflow.features import N_INPUT, mfcc
 from dsflow.log import log
 
 N_CONTEXT = 9
@@ -45,7 +49,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files with an exported model (TFLite by default)",
                        description=__doc__)
     a = p.add_argument
-    a("model", help="an export folder (written by `dsflow export`), a .tflite file or a SavedModel folder")
+    a("model", help="an export folder (written by `dsflow export`), a .tflite file (also one exported by "
+                    "DeepSpeech 0.9.x or Coqui STT) or a SavedModel folder")
     a("audio", nargs="+", help="audio files of any rate / channel count / format that sox reads")
     a("--savedmodel", action="store_true", help="use the export's TF SavedModel instead of its TFLite model")
     a("--threads", type=int, default=1, help="inference threads (default 1)")
@@ -65,6 +70,7 @@ class ExportedModel:
     def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
         import tensorflow as tf
 
+        from dsflow import tflite
         from dsflow.export import GRAPH_VERSION, METADATA, SAVED_MODEL, SIGNATURES, deserialize_alphabet
 
         path = Path(path)
@@ -86,17 +92,19 @@ class ExportedModel:
                 path = path / name
         self.path = path
         try:
-            if self.kind == "tflite":
-                with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (see the README)
-                    warnings.simplefilter("ignore")
-                    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
-                self._runners = {name: interpreter.get_signature_runner(name) for name in SIGNATURES}
+            if self.kind == "tflite":  # DeepSpeech's interface: tensors by name (dsflow.tflite)
+                self._tflite = tflite.Model(path, threads)
             else:
                 loaded = tf.saved_model.load(str(path))
                 self._keep = loaded  # the signatures need the loaded object alive
                 self._runners = {name: loaded.signatures[name] for name in SIGNATURES}
         except (ValueError, OSError, RuntimeError, KeyError) as e:
             raise UserError(f"{path}: cannot load the exported {self.kind} model: {e}") from None
+        shapes = self.input_shapes("acoustic")
+        if len(shapes["input_node"]) != 4 or shapes["input_node"][2:] != (2 * N_CONTEXT + 1, N_INPUT):
+            raise UserError(f"{path}: input_node has shape {list(shapes['input_node'])}; this client feeds "
+                            f"[1, n_steps, {2 * N_CONTEXT + 1}, {N_INPUT}] (DeepSpeech's context windows)")
+        self.n_steps, self.n_hidden = shapes["input_node"][1], shapes["previous_state_c"][1]
         meta = {k: v.item() for k, v in self.run("metadata").items()}
         self.version, self.sample_rate = meta["metadata_version"], meta["metadata_sample_rate"]
         if self.version != GRAPH_VERSION:
@@ -104,22 +112,26 @@ class ExportedModel:
         self.win_len, self.win_step = meta["metadata_feature_win_len"], meta["metadata_feature_win_step"]
         self.beam_width = meta["metadata_beam_width"]
         self.alphabet = deserialize_alphabet(meta["metadata_alphabet"])
-        self.language = meta["metadata_language"].decode("utf-8")
+        self.language = meta.get("metadata_language", b"").decode("utf-8")  # optional in DeepSpeech's files
         self.window = self.sample_rate * self.win_len // 1000
         self.stride = self.sample_rate * self.win_step // 1000
-        shapes = self.input_shapes("acoustic")
-        self.n_steps, self.n_hidden = shapes["input_node"][1], shapes["previous_state_c"][1]
         self.n_classes = len(self.alphabet) + 1
 
     def run(self, name: str, **inputs) -> dict:
-        out = self._runners[name](**inputs)
-        return {k: np.asarray(v if self.kind == "tflite" else v.numpy()) for k, v in out.items()}
+        """One signature; `acoustic`'s logits as [n_steps, n_classes] from either format (the TFLite file has
+        DeepSpeech's squeezed 2-D logits, the SavedModel the .pb's [n_steps, 1, n_classes])."""
+        if self.kind == "tflite":
+            out = self._tflite.run(name, **inputs)
+        else:
+            out = {k: np.asarray(v.numpy()) for k, v in self._runners[name](**inputs).items()}
+        if name == "acoustic":
+            out["logits"] = out["logits"].reshape(self.n_steps, -1)
+        return out
 
     def input_shapes(self, name: str) -> dict:
-        runner = self._runners[name]
         if self.kind == "tflite":
-            return {k: tuple(v["shape"]) for k, v in runner.get_input_details().items()}
-        return {k: tuple(v.shape) for k, v in runner.structured_input_signature[1].items()}
+            return self._tflite.input_shapes()
+        return {k: tuple(v.shape) for k, v in self._runners[name].structured_input_signature[1].items()}
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -160,7 +172,7 @@ class Stream:
         batch[0, :n] = self.windows
         out = self.model.run("acoustic", input_node=batch, previous_state_c=self.c, previous_state_h=self.h)
         self.c, self.h = out["new_state_c"], out["new_state_h"]
-        self.probs.append(out["logits"][:n, 0])
+        self.probs.append(out["logits"][:n])
         self.windows = []
 
     def finish(self) -> np.ndarray:
