@@ -2,7 +2,7 @@
 
 The libraries come from the runtimes' PyPI wheels, which exist only for old CPython; `scripts/fetch_runtimes.sh`
 (run by scripts/setup.sh) downloads them and unpacks each wheel's library folder under `.venv/runtimes/`
-(or `$DSFLOW_RUNTIMES_DIR`):
+(found in the checkout's or the running virtualenv's .venv, or at `$DSFLOW_RUNTIMES_DIR`):
 
   deepspeech-tflite/libdeepspeech.so   DeepSpeech 0.9.3, TFLite build   (.tflite models)   API prefix DS_
   deepspeech/libdeepspeech.so          DeepSpeech 0.9.3, TensorFlow build (.pb / .pbmm)    API prefix DS_
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -45,7 +46,13 @@ RUNTIMES = {  # name: (library, API prefix, libraries loaded before it)
 
 
 def runtimes_dir() -> Path:
-    return Path(os.environ.get("DSFLOW_RUNTIMES_DIR") or ROOT / ".venv" / "runtimes")
+    """$DSFLOW_RUNTIMES_DIR, else the checkout's .venv/runtimes, else the running virtualenv's runtimes/."""
+    if os.environ.get("DSFLOW_RUNTIMES_DIR"):
+        return Path(os.environ["DSFLOW_RUNTIMES_DIR"])
+    for candidate in (ROOT / ".venv" / "runtimes", Path(sys.prefix) / "runtimes"):
+        if candidate.is_dir():
+            return candidate
+    return ROOT / ".venv" / "runtimes"
 
 
 def library_path(name: str) -> Path:

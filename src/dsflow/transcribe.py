@@ -116,6 +116,9 @@ class ExportedModel:
         self.window = self.sample_rate * self.win_len // 1000
         self.stride = self.sample_rate * self.win_step // 1000
         self.n_classes = len(self.alphabet) + 1
+        if self.kind == "tflite" and self._tflite.outputs["logits"]["shape"][-1] != self.n_classes:
+            raise UserError(f"{path}: logits has {self._tflite.outputs['logits']['shape'][-1]} classes, but the "
+                            f"model's alphabet has {len(self.alphabet)} labels + blank")
 
     def run(self, name: str, **inputs) -> dict:
         """One signature; `acoustic`'s logits as [n_steps, n_classes] from either format (the TFLite file has
