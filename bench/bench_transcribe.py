@@ -71,7 +71,7 @@ def main() -> None:
     if args.cpus:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
     flags = cpu_flags()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, pinned to {sorted(os.sched_getaffinity(0))}; "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, this process on CPUs {sorted(os.sched_getaffinity(0))}; "
           + " ".join(f"{f}={f in flags}" for f in FLAGS))
 
     import numpy as np
@@ -101,7 +101,7 @@ def main() -> None:
             size = (tmp / name / "output_graph.tflite").stat().st_size
             print(f"export ({name} TFLite + SavedModel): {time.perf_counter() - t:.1f} s, TFLite {size / 1e6:.1f} MB")
 
-        print(f"{'model':<22} {'load s':>7} {'RTF':>7} {'acoustic share':>15}")
+        print(f"{'model':<26} {'load s':>7} {'RTF':>7} {'acoustic share':>15}")
         for label, path, savedmodel in (("TFLite quantized", tmp / "quantized", False),
                                         ("TFLite float32", tmp / "float", False),
                                         ("SavedModel", tmp / "float", True)):
@@ -123,7 +123,7 @@ def main() -> None:
                 m.run("acoustic", **inputs)
             acoustic = time.perf_counter() - t
             seconds = len(audio) / rate
-            print(f"{label:<22} {load:7.2f} {best / seconds:7.4f} {acoustic / best:14.0%}")
+            print(f"{label:<26} {load:7.2f} {best / seconds:7.4f} {acoustic / best:14.0%}")
         runtimes_rtf(tmp / "quantized" / "output_graph.tflite", audio, rate, args.repeats)
         floor(tf, net, args.n_hidden, m.n_steps, args.threads)
 
@@ -150,7 +150,7 @@ def runtimes_rtf(path: Path, audio, rate: int, repeats: int) -> None:
                     m.stt(audio)
                     best = min(best, time.perf_counter() - t)
                 label = f"lib{'deepspeech' if name.startswith('deepspeech') else 'stt'} {runtime.version} b{width}"
-                print(f"{label:<22} {load:7.2f} {best / (len(audio) / rate):7.4f} {'':>14}")
+                print(f"{label:<26} {load:7.2f} {best / (len(audio) / rate):7.4f}")
 
 
 def fc_rate(tf, m: int, k: int, n: int, threads: int, repeats: int = 30) -> float:
