@@ -111,29 +111,6 @@ def rewritten(src, dst, change) -> None:
 
 # ---------------------------------------------------------------------------------------------- the libraries
 
-def test_the_file_has_deepspeechs_interface(tiny):
-    """One subgraph, no signatures, the tensors by name with DeepSpeech's shapes, and every metadata tensor the
-    output of its own op at the end of the execution plan (the runtime invokes those ops one by one)."""
-    s = tflite._schema()
-    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny.read_bytes(), 0))
-    assert len(m.subgraphs) == 1 and not m.signatureDefs
-    graph = m.subgraphs[0]
-    shape = {graph.tensors[i].name.decode(): list(graph.tensors[i].shape) for i in [*graph.inputs, *graph.outputs]}
-    assert shape == {"input_node": [1, 16, 19, 26], "previous_state_c": [1, 24], "previous_state_h": [1, 24],
-                     "input_samples": [512], "logits": [16, 29], "new_state_c": [1, 24], "new_state_h": [1, 24],
-                     "mfccs": [1, 26], **{name: [1] for name in tflite.METADATA}}
-    last = [graph.tensors[op.outputs[0]].name.decode() for op in graph.operators[-len(tflite.METADATA):]]
-    assert last == list(tflite.METADATA)
-    constant = [m.buffers[graph.tensors[i].buffer].data is not None
-                for op in graph.operators[-len(tflite.METADATA):] for i in op.inputs]
-    assert constant == [True] * 2 * len(tflite.METADATA)  # inputs of the metadata ops: constants only
-    meta = {k: v.item() for k, v in tflite.Model(tiny).run("metadata").items()}
-    assert {k: v for k, v in meta.items() if k != "metadata_alphabet"} == {
-        "metadata_version": 6, "metadata_sample_rate": 16000, "metadata_feature_win_len": 32,
-        "metadata_feature_win_step": 20, "metadata_beam_width": 77, "metadata_language": b"en"}
-    assert meta["metadata_alphabet"] == Alphabet.from_file(DATA / "alphabet.txt").serialize()
-
-
 def test_both_deepspeech_builds_and_stt_live_in_one_process(tiny):
     """Each library is loaded RTLD_LOCAL: the TensorFlow build (which reads only .pb/.pbmm) refuses the .tflite
     with its protobuf error, while the TFLite build beside it, and libstt, load it."""

@@ -2,15 +2,16 @@
 
 The libraries come from the runtimes' PyPI wheels, which exist only for old CPython; `scripts/fetch_runtimes.sh`
 (run by scripts/setup.sh) downloads them and unpacks each wheel's library folder under `.venv/runtimes/`
-(found in the checkout's or the running virtualenv's .venv, or at `$DSFLOW_RUNTIMES_DIR`):
+(looked up in the checkout, then in the running virtualenv; `$DSFLOW_RUNTIMES_DIR` overrides both):
 
   deepspeech-tflite/libdeepspeech.so   DeepSpeech 0.9.3, TFLite build   (.tflite models)   API prefix DS_
   deepspeech/libdeepspeech.so          DeepSpeech 0.9.3, TensorFlow build (.pb / .pbmm)    API prefix DS_
   stt/libstt.so (+ libkenlm.so)        Coqui STT 1.4.0                  (.tflite models)   API prefix STT_
 
 Both DeepSpeech builds export the same symbol names; each library is loaded with RTLD_LOCAL (ctypes' default),
-so its own calls bind to its own code and several can live in one process (tests/test_runtimes.py runs both
-DeepSpeech builds side by side). libstt.so needs libkenlm.so, which its RUNPATH does not find: it is loaded
+so its own calls bind to its own code and several live in one process, beside TensorFlow 2.21's Python module
+(tests/test_runtimes.py: the TensorFlow build refuses a .tflite with its protobuf error while the TFLite build and
+libstt in the same process run it). libstt.so needs libkenlm.so, which its RUNPATH does not find: it is loaded
 first (RTLD_LOCAL too), and the loader then reuses it by its soname.
 
     rt = Runtime.load("deepspeech-tflite")

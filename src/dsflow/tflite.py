@@ -129,7 +129,7 @@ def rewrite(flatbuffer: bytes, metadata: dict) -> bytes:
             kind, data = s.TensorType.INT32, struct.pack("<i", int(value))
         constant = add_tensor(f"{name}/value", kind, add_buffer(data))
         op = s.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = gather, np.array([constant, index], np.int32), None
+        op.opcodeIndex, op.inputs = gather, np.array([constant, index], np.int32)
         op.outputs = np.array([add_tensor(name, kind)], np.int32)
         op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.GatherOptions, s.GatherOptionsT()
         graph.operators.append(op)
@@ -188,26 +188,22 @@ def check_versions(model) -> None:
                                f"TFLite does not run (dsflow.tflite.MAX_VERSIONS)")
 
 
-class _AlignedBuffer:
-    """Packs a BufferT's bytes 16-byte aligned, as TensorFlow's converter does (schema: force_align 16)."""
-
-    @staticmethod
-    def pack(builder, data: np.ndarray) -> int:
-        builder.StartVector(1, len(data), 16)
-        builder.head -= len(data)
-        builder.Bytes[builder.head:builder.head + len(data)] = data.tobytes()
-        builder.vectorNumElems = len(data)
-        return builder.EndVector()
-
-
 def _pack(model, size_hint: int) -> bytes:
+    """The flatbuffer of a ModelT, with every buffer's bytes 16-byte aligned as TensorFlow's converter writes
+    them (the schema's force_align 16, which the generated Python code ignores)."""
     import flatbuffers
 
     s = _schema()
 
     class Buffer(s.BufferT):
         def Pack(self, builder):
-            data = None if self.data is None or len(self.data) == 0 else _AlignedBuffer.pack(builder, self.data)
+            data = None
+            if self.data is not None and len(self.data):
+                builder.StartVector(1, len(self.data), 16)
+                builder.head -= len(self.data)
+                builder.Bytes[builder.head:builder.head + len(self.data)] = self.data.tobytes()
+                builder.vectorNumElems = len(self.data)
+                data = builder.EndVector()
             s.BufferStart(builder)
             if data is not None:
                 s.BufferAddData(builder, data)
