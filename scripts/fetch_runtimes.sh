@@ -5,7 +5,8 @@
 #   .venv/runtimes/deepspeech-tflite/libdeepspeech.so   DeepSpeech 0.9.3, TFLite build (.tflite models)
 #   .venv/runtimes/deepspeech/libdeepspeech.so          DeepSpeech 0.9.3, TensorFlow build (.pb / .pbmm models)
 #   .venv/runtimes/stt/libstt.so, libkenlm.so           Coqui STT 1.4.0 (.tflite models)
-# Idempotent: a runtime already unpacked is not fetched again. Needs only PyPI; nothing else downloads them.
+# Idempotent: a runtime already unpacked from the same pinned wheel is not fetched again. Needs only PyPI; nothing
+# else downloads them (not the tests, not the workflow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,8 @@ for spec in "deepspeech-tflite deepspeech-tflite==0.9.3 3.9 manylinux1_x86_64 de
             "deepspeech deepspeech==0.9.3 3.9 manylinux1_x86_64 deepspeech/lib libdeepspeech.so" \
             "stt stt==1.4.0 3.10 manylinux_2_24_x86_64 stt/lib libstt.so"; do
   read -r name req pyver platform libdir lib <<<"$spec"
-  [ -f "$dest/$name/$lib" ] && continue
+  # done when the library is there and came from this very requirement (WHEEL.txt names it)
+  [ -f "$dest/$name/$lib" ] && [ "$(cut -d' ' -f1 "$dest/$name/WHEEL.txt" 2>/dev/null)" = "$req" ] && continue
   echo "setup: fetching the $req runtime into $dest/$name"
   tmp=$(mktemp -d "$dest/.fetch-XXXXXX")  # on the same filesystem, so the mv below is atomic
   "$py" -m pip download -q --no-deps --only-binary :all: --python-version "$pyver" --platform "$platform" \

@@ -136,8 +136,8 @@ class Runtime:
         if code != 0:
             lines = [line.strip() for line in stderr.splitlines() if line.strip()]
             detail = "".join(f"\n  {line}" for line in lines[-6:])
-            raise UserError(f"{what}: {self.name} {self.version} says: {self.string(self.ErrorCodeToErrorMessage(code))}"
-                            f" (error 0x{code:04x}){detail}")
+            message = self.string(self.ErrorCodeToErrorMessage(code))
+            raise UserError(f"{what}: {self.name} {self.version} says: {message} (error 0x{code:04x}){detail}")
 
     def model(self, path: str | Path) -> "Model":
         return Model(self, Path(path))

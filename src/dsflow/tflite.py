@@ -14,8 +14,9 @@ ONE subgraph whose tensors the runtime finds by exact name among the subgraph's 
 
 The runtime invokes each metadata tensor's producing op on its own (and the mfcc ops on their own, the rest as
 the acoustic model), so every metadata tensor is the output of a GATHER of a constant, placed last in the
-execution plan (with those ops first, libdeepspeech 0.9.3 crashes in DS_CreateModel: tried). The acoustic arithmetic is dsflow.model's (dsflow.export.streaming_module). The file is
-converted by TensorFlow's converter and then rewritten here (tensor names, metadata ops, no signatures).
+execution plan (with those ops first, libdeepspeech 0.9.3 crashes in DS_CreateModel: tried). The acoustic
+arithmetic is dsflow.model's (dsflow.export.streaming_module). The file is converted by TensorFlow's converter
+and then rewritten here (tensor names, metadata ops, no signatures).
 
 Quantized (DeepSpeech's default): dynamic-range, int8 weights with ONE scale per tensor and symmetric int8
 quantization of the activations at run time: FULLY_CONNECTED version 3, which DeepSpeech 0.9.3 (TFLite of TF 2.3)
