@@ -7,14 +7,24 @@ speed does not depend on the weights) is exported by `dsflow export` three ways:
 model loading is not counted. Also shown: the share of the time spent in the acoustic model (the same number of
 n_steps chunks of zero input), the rest is the MFCCs and Python. Goal: RTF <= 0.05 (TFLite).
 
+The same quantized file (DeepSpeech's .tflite interface) is also run by DeepSpeech's own runtime in the same
+process: libdeepspeech 0.9.3's DS_SpeechToText on the whole audio (what DeepSpeech's client does; it computes the
+MFCCs with the model's own ops one 32 ms window at a time, runs the acoustic model every n_steps frames and decodes
+with its CTC prefix beam search, here without a scorer) and Coqui STT 1.4's STT_SpeechToText, at the model's beam
+width and at beam width 1 (which shows the share of their decoder; with random weights every character is
+nearly equally likely, the beam search's worst case). Both runtimes run TFLite on 4 threads (hard-coded:
+SetNumThreads(4)); so that every row gets one core, the whole process is pinned to one CPU (--cpus 1, the
+default). The runtimes come from `bash scripts/fetch_runtimes.sh`; without them these rows are skipped.
+
 Last, the floor this CPU puts under the quantized model: TFLite's own int8 (dynamic-range) fully-connected kernel is
 timed on the model's two kinds of matrix product, n_steps frames at once (the dense layers and the LSTM's input
 projection) and one frame at a time (the LSTM's recurrent matrix, which each frame needs before the next), and the
 model's multiply-adds per frame are divided by those rates: the real-time factor the model could reach if nothing
 but its matrix products took time.
 
-    python bench/bench_transcribe.py                 # n_hidden 2048, 30 s of audio
+    python bench/bench_transcribe.py                 # n_hidden 2048, 30 s of audio, one CPU
     python bench/bench_transcribe.py --n_hidden 512 --seconds 10
+    python bench/bench_transcribe.py --cpus 0        # no pinning (the runtimes then use their 4 threads)
 """
 
 from __future__ import annotations
@@ -28,6 +38,26 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what int8/float kernels use
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        return "?"
 
 
 def main() -> None:
@@ -36,7 +66,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="audio length (LDC93S1 repeated)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per model; the best is reported")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpus", type=int, default=1, help="pin the process to this many CPUs (0: no pinning)")
     args = p.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
+    flags = cpu_flags()
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, this process on CPUs {sorted(os.sched_getaffinity(0))}; "
+          + " ".join(f"{f}={f in flags}" for f in FLAGS))
 
     import numpy as np
     import soundfile as sf
@@ -65,7 +101,7 @@ def main() -> None:
             size = (tmp / name / "output_graph.tflite").stat().st_size
             print(f"export ({name} TFLite + SavedModel): {time.perf_counter() - t:.1f} s, TFLite {size / 1e6:.1f} MB")
 
-        print(f"{'model':<22} {'load s':>7} {'RTF':>7} {'acoustic share':>15}")
+        print(f"{'model':<26} {'load s':>7} {'RTF':>7} {'acoustic share':>15}")
         for label, path, savedmodel in (("TFLite quantized", tmp / "quantized", False),
                                         ("TFLite float32", tmp / "float", False),
                                         ("SavedModel", tmp / "float", True)):
@@ -87,8 +123,34 @@ def main() -> None:
                 m.run("acoustic", **inputs)
             acoustic = time.perf_counter() - t
             seconds = len(audio) / rate
-            print(f"{label:<22} {load:7.2f} {best / seconds:7.4f} {acoustic / best:14.0%}")
+            print(f"{label:<26} {load:7.2f} {best / seconds:7.4f} {acoustic / best:14.0%}")
+        runtimes_rtf(tmp / "quantized" / "output_graph.tflite", audio, rate, args.repeats)
         floor(tf, net, args.n_hidden, m.n_steps, args.threads)
+
+
+def runtimes_rtf(path: Path, audio, rate: int, repeats: int) -> None:
+    """DS_SpeechToText / STT_SpeechToText on the same file and audio: best real-time factor of `repeats` runs."""
+    from dsflow import UserError, runtimes
+
+    for name in ("deepspeech-tflite", "stt"):
+        try:
+            runtime = runtimes.Runtime.load(name)
+        except UserError as e:
+            print(f"{name}: skipped ({e})")
+            continue
+        t = time.perf_counter()
+        with runtime.model(path) as m:
+            load = time.perf_counter() - t
+            for width in (m.beam_width, 1):
+                m.set_beam_width(width)
+                m.stt(audio[:rate])  # warm-up
+                best = float("inf")
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    m.stt(audio)
+                    best = min(best, time.perf_counter() - t)
+                label = f"lib{'deepspeech' if name.startswith('deepspeech') else 'stt'} {runtime.version} b{width}"
+                print(f"{label:<26} {load:7.2f} {best / (len(audio) / rate):7.4f}")
 
 
 def fc_rate(tf, m: int, k: int, n: int, threads: int, repeats: int = 30) -> float:

@@ -44,6 +44,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[$tf,slurm,dev]"
   echo "$want" > "$stamp"
 fi
+bash scripts/fetch_runtimes.sh  # DeepSpeech's and Coqui STT's C libraries into .venv/runtimes (dsflow.runtimes)
 if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then
   # The kenlm sdist on PyPI holds KenLM's full source (lm/builder included); pip only fetches it.
   echo "setup: building KenLM's lmplz and build_binary into .venv/bin"

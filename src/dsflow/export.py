@@ -1,7 +1,6 @@
 """`dsflow export`: DeepSpeech 0.9.3's model export (train.py `create_inference_graph` with n_steps > 0, `export`).
 
-The exported model is DeepSpeech's streaming graph, as three signatures of one TF SavedModel and of one TFLite
-flatbuffer (the TFLite model is converted from the SavedModel):
+The exported model is DeepSpeech's streaming graph. The TF SavedModel holds it as three signatures:
 
   mfcc      input_samples f32 [window] (512 samples at 16 kHz: one 32 ms window)
             -> mfccs f32 [1, 26]  (DeepSpeech's AudioSpectrogram + Mfcc ops; TFLite runs them as its
@@ -13,8 +12,10 @@ flatbuffer (the TFLite model is converted from the SavedModel):
             metadata_language (bytes)
 
 The acoustic signature is the checkpoint's network (dsflow.model) with the LSTM unrolled over n_steps frames and
-its state carried in and out. TFLite gets DeepSpeech's dynamic-range quantization (Optimize.DEFAULT: int8
-weights, float activations) unless --export_quantize false.
+its state carried in and out. The TFLite model (--export_tflite) is the same graph in the one-subgraph form that
+DeepSpeech's and Coqui STT's runtimes run (dsflow.tflite: tensors by name, logits squeezed to
+[n_steps, C], metadata as ops), with DeepSpeech's dynamic-range quantization (int8 weights, float activations)
+unless --export_quantize false.
 
 Output folder (built in a temporary sibling and renamed when complete, so an interrupted export never leaves a
 folder that looks finished): saved_model/, <export_file_name>.tflite (with --export_tflite), metadata.json (the
@@ -180,12 +181,9 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
         tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=signatures)
         log.info("wrote the SavedModel (signatures %s)", ", ".join(SIGNATURES))
         if args.export_tflite:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp / SAVED_MODEL),
-                                                                 signature_keys=list(SIGNATURES))
-            converter.allow_custom_ops = True  # AudioSpectrogram and Mfcc: TFLite's built-in custom ops
-            if args.export_quantize:
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            flatbuffer = converter.convert()
+            from dsflow import tflite
+
+            flatbuffer = tflite.convert(module, args.export_quantize)  # DeepSpeech's .tflite interface
             (tmp / tflite_name).write_bytes(flatbuffer)
             log.info("wrote %s (%.1f MB, %s)", tflite_name, len(flatbuffer) / 1e6,
                      "dynamic-range quantized" if args.export_quantize else "float32")

@@ -1,14 +1,13 @@
 """An export folder (written by `dsflow export`): its files, and `ExportedModel`, which reads them back.
 
   saved_model/               TF SavedModel with three signatures: `mfcc`, `acoustic`, `metadata` (see dsflow.export)
-  <export_file_name>.tflite  with export_tflite: the same signatures as TFLite
+  <export_file_name>.tflite  with export_tflite: DeepSpeech's own .tflite (its runtimes run it; dsflow.tflite)
   metadata.json              the metadata, readable; alphabet.txt; the model card <author>_<model>_<version>.md
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,9 @@ class ExportedModel:
     def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
         import tensorflow as tf
 
+        from dsflow import tflite
+        from dsflow.mfcc import N_INPUT
+        from dsflow.model import N_CONTEXT
 
         path = Path(path)
         if not path.exists():
@@ -48,17 +50,19 @@ class ExportedModel:
                 path = path / name
         self.path = path
         try:
-            if self.kind == "tflite":
-                with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (see the README)
-                    warnings.simplefilter("ignore")
-                    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
-                self._runners = {name: interpreter.get_signature_runner(name) for name in SIGNATURES}
+            if self.kind == "tflite":  # DeepSpeech's interface: tensors by name (dsflow.tflite)
+                self._tflite = tflite.Model(path, threads)
             else:
                 loaded = tf.saved_model.load(str(path))
                 self._keep = loaded  # the signatures need the loaded object alive
                 self._runners = {name: loaded.signatures[name] for name in SIGNATURES}
         except (ValueError, OSError, RuntimeError, KeyError) as e:
             raise UserError(f"{path}: cannot load the exported {self.kind} model: {e}") from None
+        shapes = self.input_shapes("acoustic")
+        if len(shapes["input_node"]) != 4 or shapes["input_node"][2:] != (2 * N_CONTEXT + 1, N_INPUT):
+            raise UserError(f"{path}: input_node has shape {list(shapes['input_node'])}; this client feeds "
+                            f"[1, n_steps, {2 * N_CONTEXT + 1}, {N_INPUT}] (DeepSpeech's context windows)")
+        self.n_steps, self.n_hidden = shapes["input_node"][1], shapes["previous_state_c"][1]
         meta = {k: v.item() for k, v in self.run("metadata").items()}
         self.version, self.sample_rate = meta["metadata_version"], meta["metadata_sample_rate"]
         if self.version != GRAPH_VERSION:
@@ -66,19 +70,26 @@ class ExportedModel:
         self.win_len, self.win_step = meta["metadata_feature_win_len"], meta["metadata_feature_win_step"]
         self.beam_width = meta["metadata_beam_width"]
         self.alphabet = Alphabet.deserialize(meta["metadata_alphabet"], "<model metadata>")
-        self.language = meta["metadata_language"].decode("utf-8")
+        self.language = meta.get("metadata_language", b"").decode("utf-8")  # optional in DeepSpeech's files
         self.window = self.sample_rate * self.win_len // 1000
         self.stride = self.sample_rate * self.win_step // 1000
-        shapes = self.input_shapes("acoustic")
-        self.n_steps, self.n_hidden = shapes["input_node"][1], shapes["previous_state_c"][1]
         self.n_classes = len(self.alphabet) + 1
+        if self.kind == "tflite" and self._tflite.outputs["logits"]["shape"][-1] != self.n_classes:
+            raise UserError(f"{path}: logits has {self._tflite.outputs['logits']['shape'][-1]} classes, but the "
+                            f"model's alphabet has {len(self.alphabet)} labels + blank")
 
     def run(self, name: str, **inputs) -> dict:
-        out = self._runners[name](**inputs)
-        return {k: np.asarray(v if self.kind == "tflite" else v.numpy()) for k, v in out.items()}
+        """One signature; `acoustic`'s logits as [n_steps, n_classes] from either format (the TFLite file has
+        DeepSpeech's squeezed 2-D logits, the SavedModel the .pb's [n_steps, 1, n_classes])."""
+        if self.kind == "tflite":
+            out = self._tflite.run(name, **inputs)
+        else:
+            out = {k: np.asarray(v.numpy()) for k, v in self._runners[name](**inputs).items()}
+        if name == "acoustic":
+            out["logits"] = out["logits"].reshape(self.n_steps, -1)
+        return out
 
     def input_shapes(self, name: str) -> dict:
-        runner = self._runners[name]
         if self.kind == "tflite":
-            return {k: tuple(v["shape"]) for k, v in runner.get_input_details().items()}
-        return {k: tuple(v.shape) for k, v in runner.structured_input_signature[1].items()}
+            return self._tflite.input_shapes()
+        return {k: tuple(v.shape) for k, v in self._runners[name].structured_input_signature[1].items()}

@@ -7,7 +7,9 @@ The audio goes through the exported model the way DeepSpeech's native client (St
     `dsflow.mfcc.mfcc`, the arithmetic of the model's `mfcc` signature (DeepSpeech's AudioSpectrogram + Mfcc
     ops, which the native client ran once per window), a block at a time;
   - the MFCC buffer starts with 9 zero frames, each 19 frames make one context window, and every n_steps
-    windows make one call of the `acoustic` signature, with the LSTM state carried from call to call;
+    windows make one call of the acoustic model (the SavedModel's `acoustic` signature; in the TFLite file,
+    DeepSpeech's interface, the tensors input_node, previous_state_c/h -> logits, new_state_c/h), with the
+    LSTM state carried from call to call;
   - at the end of the audio 9 zero frames are pushed, and the last partial chunk is padded with zero windows
     (only its real time steps are kept).
 So a long file never goes into one graph call, and memory does not grow with its length beyond the output
@@ -19,6 +21,9 @@ Differences from DeepSpeech's native client: samples are scaled by 1/32767 like 
 client used 1/32768), and the client's last, partial audio window (samples left over after the last full
 window, topped up with stale samples) is not turned into an extra frame; so the features equal the training
 features exactly and the transcripts equal those of the checkpoint.
+
+Any .tflite file with DeepSpeech's interface is read, also one exported by DeepSpeech 0.9.x or Coqui STT
+(dsflow.tflite.Model); its metadata (sample rate, windows, alphabet, beam width) drives the client.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files with an exported model (TFLite by default)",
                        description=__doc__)
     a = p.add_argument
-    a("model", help="an export folder (written by `dsflow export`), a .tflite file or a SavedModel folder")
+    a("model", help="an export folder (written by `dsflow export`), a .tflite file (also one exported by "
+                    "DeepSpeech 0.9.x or Coqui STT) or a SavedModel folder")
     a("audio", nargs="+", help="audio files of any rate / channel count / format that sox reads")
     a("--savedmodel", action="store_true", help="use the export's TF SavedModel instead of its TFLite model")
     a("--threads", type=int, default=1, help="inference threads (default 1)")
@@ -93,7 +99,7 @@ class Stream:
         batch[0, :n] = self.windows
         out = self.model.run("acoustic", input_node=batch, previous_state_c=self.c, previous_state_h=self.h)
         self.c, self.h = out["new_state_c"], out["new_state_h"]
-        self.probs.append(out["logits"][:n, 0])
+        self.probs.append(out["logits"][:n])
         self.windows = []
 
     def finish(self) -> np.ndarray:
