@@ -34,3 +34,50 @@ def tiny_chain(tmp_path_factory):
         f.write("".join(f"missing/clip{i:05d}.wav,32044,a clip that is not there\n" for i in range(MISSING_ROWS)))
     snakemake(wd, "--cores", "2", *TINY)
     return wd
+
+
+SENTENCE = "she had your dark suit in greasy wash water all year"
+
+
+# ---- DeepSpeech's LDC93S1 smoke-test model, trained once per test session
+
+def train_ldc93s1(tmp, wav, rate):
+    """DeepSpeech's LDC93S1 smoke test through `dsflow train`, at `rate`: 325 epochs, then 25 more at a time
+    until the best-dev checkpoint's greedy transcript is exact (training is deterministic: 325 on the machines
+    measured), exported quantized and float. Returns {"quantized"|"float": .tflite path, "net", "features",
+    "checkpoint": the published checkpoint folder}. Shared by every test that needs a model that works."""
+    from dsflow import checkpoints, dataset, features
+    from dsflow.cli import main
+    from dsflow.decode import greedy
+
+    (tmp / "ldc.csv").write_text(f"wav_filename,wav_filesize,transcript\n{wav},{wav.stat().st_size},{SENTENCE}\n")
+    feats = tmp / "features"
+    features.write_features(tmp / "ldc.csv", feats, sample_rate=rate)
+    args = ["train", "--train_features", str(feats), "--dev_features", str(feats), "--alphabet_config_path",
+            str(DATA / "alphabet.txt"), "--work_dir", str(tmp / "work"), "--checkpoint_dir", str(tmp / "ckpt"),
+            "--checkpoint_secs", "0", "--n_hidden", "100", "--learning_rate", "0.001", "--dropout_rate", "0.05",
+            "--train_batch_size", "1", "--dev_batch_size", "1"]
+    for epochs in range(325, 451, 25):
+        assert main([*args, "--epochs", str(epochs)]) == 0
+        net = checkpoints.load_model(tmp / "ckpt", "best")
+        batch = next(iter(dataset.load(feats, net.alphabet, 1, train=False)))
+        text = greedy(net(batch["features"]).numpy()[:, 0], int(batch["feature_lengths"][0]), net.alphabet)
+        if text == SENTENCE:
+            break
+    assert text == SENTENCE, f"LDC93S1 after {epochs} epochs: {text!r}"
+    out = {"net": net, "features": feats, "checkpoint": tmp / "ckpt"}
+    for kind, quantize in (("quantized", "true"), ("float", "false")):
+        assert main(["export", "--checkpoint_dir", str(tmp / "ckpt"), "--export_dir", str(tmp / kind),
+                     "--export_tflite", "true", "--export_quantize", quantize]) == 0
+        out[kind] = tmp / kind / "output_graph.tflite"
+    return out
+
+
+@pytest.fixture(scope="session")
+def ldc16k(tmp_path_factory):
+    return train_ldc93s1(tmp_path_factory.mktemp("ldc16k"), LDC / "LDC93S1.wav", 16000)
+
+
+@pytest.fixture(scope="session")
+def ldc8k(tmp_path_factory):
+    return train_ldc93s1(tmp_path_factory.mktemp("ldc8k"), LDC / "LDC93S1_pcms16le_1_8000.wav", 8000)
