@@ -1,4 +1,6 @@
 # Every global of the workflow, the input functions, and the list of final outputs (final_outputs()).
+import os
+
 import dsflow.augment as dsaugment
 import dsflow.config as dscfg
 import dsflow.deps as dsdeps
@@ -16,7 +18,15 @@ if _problems:
 
 CV_DIR = config["common_voice_dir"]
 SPLITS = [s for s in dscfg.SPLITS if CV_DIR or dsflags.file_list(config[f"{s}_files"])]
+SPLITS += (
+    ["metrics"] if config["metrics_files"] else []
+)  # DeepSpeech's metrics_files: loss reported each epoch
 LOGS = "results/logs"
+# How much the jobs log and show: an environment, not params, so that it re-runs nothing (dsflow.log).
+os.environ.update(
+    DSFLOW_LOG_LEVEL=str(config["log_level"]),
+    DSFLOW_PROGRESS="1" if config["show_progressbar"] else "0",
+)
 TRAIN = "train" in SPLITS
 # Where training publishes its checkpoint folder; without training, the model to evaluate and export (DeepSpeech:
 # checkpoint_dir is the shorthand for save_checkpoint_dir and load_checkpoint_dir).
@@ -45,26 +55,30 @@ EVAL_SCORER = (
 
 
 wildcard_constraints:
-    split="train|dev|test",
+    split="train|dev|test|metrics",
 
 
 def split_csvs(split):
     """The CSV files of a split (written by import_cv, or the user's *_files)."""
-    if CV_DIR:
+    if CV_DIR and split != "metrics":
         return [f"results/import/{split}.csv"]
     return dsflags.file_list(config[f"{split}_files"])
 
 
 def source_files(split):
     """The data of a split as you named it: your CSVs, or the Common Voice TSV (reports name it)."""
-    return [f"{CV_DIR}/{split}.tsv"] if CV_DIR else split_csvs(split)
+    return (
+        [f"{CV_DIR}/{split}.tsv"]
+        if CV_DIR and split != "metrics"
+        else split_csvs(split)
+    )
 
 
 def audio_fingerprint(split):
     """The content of the audio files the split's CSVs list (and for dev/test, train's: validation compares them),
     so that a changed audio file re-runs its split (dsflow.fingerprint). The import's CSVs list the import's own
     WAVs: the release's clips are fingerprinted for the import instead."""
-    if CV_DIR:
+    if CV_DIR and split != "metrics":
         return ""
     train = split_csvs("train") if split != "train" and TRAIN else []
     return dsfp.of_csvs(split_csvs(split) + train)

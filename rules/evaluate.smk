@@ -7,7 +7,7 @@ rule evaluate:
         code=code("evaluate"),
     output:
         report="results/evaluate/report.md",
-        samples="results/evaluate/test_output.json",
+        samples=config["test_output_file"] or "results/evaluate/test_output.json",
         metrics="results/evaluate/metrics.json",
     log:
         f"{LOGS}/evaluate.log",

@@ -3,6 +3,10 @@ rule train:
     input:
         train="results/features/train",
         dev=expand("results/features/{split}", split=["dev"] if "dev" in SPLITS else []),
+        metrics=expand(
+            "results/features/{split}",
+            split=["metrics"] if "metrics" in SPLITS else [],
+        ),
         alphabet=config["alphabet_config_path"],
         # Every split is validated before training starts (a bad test CSV fails first, not hours later), but a
         # re-validated split does not re-run training by itself: ancient() ignores these files' times.
@@ -25,9 +29,11 @@ rule train:
         # dsflow train keeps it in a subfolder named by the run's identity (model, data, settings).
         work="results/work/train",
         dev=lambda w, input: ",".join(input.dev),
+        metrics=lambda w, input: ",".join(input.metrics),
         flags=dsflags.render("train", config),
         overlay_audio=lambda w: augment_fingerprint(),
     shell:
         "dsflow --log {log} train {params.flags} --train_features {input.train} --dev_features={params.dev}"
+        " --metrics_features={params.metrics}"
         " --alphabet_config_path {input.alphabet:q} --checkpoint_dir {output:q} --work_dir {params.work}"
         " --threads {threads}"

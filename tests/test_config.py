@@ -51,6 +51,26 @@ def test_shipped_config_files_are_generated_from_the_schema():
     assert set(demo) <= set(props) and all(demo[k] != props[k]["default"] for k in demo)
 
 
+def test_every_deepspeech_flag_is_in_the_table():
+    """config/README.md ends with every flag of DeepSpeech 0.9.3's util/flags.py: offered, adapted, or not and why."""
+    names = [n.strip() for n in (ROOT / "tests/data/deepspeech/flags.txt").read_text().splitlines()
+             if n.strip() and not n.startswith("#")]
+    assert dscfg.DEEPSPEECH_FLAG_NAMES == sorted(names)
+    table = dscfg.deepspeech_flags_table(names)
+    assert len(table) == len(names) + 2 and not any("MISSING" in line for line in table)
+    props = dsflags.properties()
+    for line in table[2:]:
+        name = line.split("`")[1]
+        assert name in props or name in dscfg.NOT_THE_SAME, name  # "same" only for keys of the schema
+
+
+def test_deepspeechs_scorer_alias_is_read_as_scorer_path():
+    config = {"train_files": "data/ldc93s1/ldc93s1.csv", "scorer": "nope.scorer"}
+    problems = dscfg.resolve(config, base=ROOT)
+    assert config["scorer_path"] == "nope.scorer" and "scorer" not in config
+    assert any("nope.scorer does not exist" in p for p in problems)
+
+
 def test_the_demos_tuning_applies_to_the_demo_only():
     demo = {}
     assert dscfg.resolve(demo, base=ROOT) == []

@@ -7,8 +7,10 @@ the RIFF chunk walk below reads the sizes the header declares so that truncation
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import subprocess
+import tempfile
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,3 +158,27 @@ def convert(src: str | Path, wav: str | Path, rate: int = 16000, tool: str = "so
         if frames == 0:
             raise ConversionError(f"{tool} decoded no audio samples")
     return frames
+
+
+@contextlib.contextmanager
+def model_rate_wav(path: str | Path, rate: int):
+    """`path` itself when it is a 16-bit mono PCM WAV at `rate` Hz, else a temporary copy converted with sox."""
+    from dsflow.log import log
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such audio file")
+    if wav_frames(path, rate) is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="dsflow-audio-") as tmp:
+        wav = Path(tmp) / "audio.wav"
+        try:
+            convert(path, wav, rate)
+        except ConversionError as e:
+            raise UserError(f"{path}: cannot convert to 16-bit mono {rate} Hz audio: {e}") from None
+        except FileNotFoundError:
+            raise UserError(f"{path} needs converting to {rate} Hz mono, but sox is not installed "
+                            "(apt-get install sox)") from None
+        log.info("%s: converted to 16-bit mono %d Hz with sox", path, rate)
+        yield wav

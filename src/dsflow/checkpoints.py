@@ -36,8 +36,8 @@ from dsflow import UserError, __version__
 from dsflow.atomic import atomic_dir, atomic_open, write_text
 from dsflow.log import SHOW, log
 
-METRICS = ["epoch", "train_loss", "dev_loss", "epoch_seconds", "audio_seconds_per_second", "learning_rate",
-           "skipped_batches", "best_dev_loss", "epochs_without_improvement", "global_step", "event"]
+METRICS = ["epoch", "train_loss", "dev_loss", "metrics_loss", "epoch_seconds", "audio_seconds_per_second",
+           "learning_rate", "skipped_batches", "best_dev_loss", "epochs_without_improvement", "global_step", "event"]
 FLAGS, RUN, ALPHABET, FEATURES, METRICS_CSV = "flags.json", "run.json", "alphabet.txt", "features.json", "metrics.csv"
 STATE_FILES = {"train": "checkpoint", "best_dev": "best_dev_checkpoint"}
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "plot": "dsflow.plot",
     "page": "dsflow.pages",
     "transcribe": "dsflow.transcribe",
+    "infer": "dsflow.infer",
     "alphabet": "dsflow.characters",
     "config-doc": "dsflow.config",
     "export-checkpoint": "dsflow.dscheckpoint",
@@ -58,7 +59,8 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the logs
+    # TensorFlow's C++ log level: DeepSpeech set it to its log_level; 2 (warnings hidden) outside the workflow
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", os.environ.get("DSFLOW_LOG_LEVEL", "2"))
     argv = sys.argv[1:] if argv is None else argv
     command = _command(argv)
     args = build_parser([command] if command else COMMANDS).parse_args(argv)

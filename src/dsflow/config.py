@@ -77,6 +77,9 @@ def resolve(config: dict, base: Path = Path(".")) -> list[str]:
     coerce_cli_values(config)
     props = flags.properties()
     problems = []
+    for alias, key in ALIASES.items():  # DeepSpeech's --scorer
+        if alias in config:
+            config.setdefault(key, config.pop(alias))
     for key in [k for k in config if k not in props]:
         close = difflib.get_close_matches(key, props, n=1, cutoff=0.6)
         problems.append(f"{key}: not a configuration key" + (f" (did you mean {close[0]}?)" if close else
@@ -184,6 +187,77 @@ def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
     return []
 
 
+# ---------------------------------------------------------------------------------------------- DeepSpeech's flags
+
+# Every flag of DeepSpeech 0.9.3's util/flags.py that is not a config key of the same name and meaning: how dsflow
+# offers it, or why not. (Every other flag of that file is a key here: "same".)
+NOT_THE_SAME = {
+    "bytes_output_mode": "adapted: a config key when dsflow's bytes mode lands; see the README",
+    "cache_for_epochs": "not offered: the features stage is the cache and never goes stale (it re-runs when its CSV, "
+                        "audio or settings change); augmentation computes fresh examples every epoch instead",
+    "dropout_rate4": "not offered: DeepSpeech fed it but never applied it (slot 4 of its six dropout rates)",
+    "dropout_rate5": "not offered: DeepSpeech fed it but never applied it (slot 5 of its six dropout rates)",
+    "export_batch_size": "not offered: the exported streaming model takes one stream (DeepSpeech's default 1)",
+    "feature_cache": "adapted: the `features` stage computes each split's features once into results/features "
+                     "(TFRecord shards), the cache every epoch reads",
+    "inter_op_parallelism_threads": "adapted: each rule's `threads` (Snakemake's --cores / set-threads) sets "
+                                    "TensorFlow's pools",
+    "intra_op_parallelism_threads": "adapted: each rule's `threads` (Snakemake's --cores / set-threads) sets "
+                                    "TensorFlow's pools",
+    "log_placement": "not offered: a TensorFlow 1 session option (device placement logging)",
+    "one_shot_infer": "adapted: the command `dsflow infer --checkpoint_dir DIR audio.wav` (DeepSpeech printed the "
+                      "transcript of one file after training; a workflow has no such last step)",
+    "read_buffer": "not offered: the features are read from TFRecord shards by tf.data, which buffers itself",
+    "remove_export": "not offered: the export folder is always replaced, atomically",
+    "scorer": "same: DeepSpeech's alias of scorer_path, accepted as a key and read as scorer_path",
+    "use_allow_growth": "adapted: always on (every job sets TF_FORCE_GPU_ALLOW_GROWTH=true unless you set it)",
+    # same name, meaning adapted (the README's "Where dsflow deliberately differs" says why)
+    "automatic_mixed_precision": "adapted: bfloat16 compute with float32 weights and loss (TF2, not TF1's graph "
+                                 "rewrite)",
+    "checkpoint_dir": "adapted: where training publishes its checkpoint folder (default results/checkpoints); "
+                      "training resumes from its own state folder (results/work/train), not from here",
+    "checkpoint_secs": "same, and fractions of a second are taken too",
+    "epochs": "adapted: the total number of epochs; a re-run with a larger value continues",
+    "load_checkpoint_dir": "same, and a dsflow checkpoint folder is taken too; without training, the model to "
+                           "evaluate and export",
+    "load_train": "adapted: auto/last resume the latest state of this run's state folder (DeepSpeech: best_dev)",
+    "lm_alpha": "adapted: empty (the default) means the scorer's own default (a .scorer package's header, else "
+                "DeepSpeech's 0.931289039105002)",
+    "lm_beta": "adapted: empty (the default) means the scorer's own default (a .scorer package's header, else "
+               "DeepSpeech's 1.1834137581510284)",
+    "show_progressbar": "adapted: progress lines with rate and ETA (in the terminal and the job logs) instead of bars",
+    "summary_dir": "same; empty means the training state folder's summaries/",
+    "train_cudnn": "accepted: dsflow has one LSTM (DeepSpeech's arithmetic, cuDNN-compatible weights) on any device",
+}
+ALIASES = {"scorer": "scorer_path"}
+DEEPSPEECH_FLAG_NAMES = sorted(
+    "alphabet_config_path audio_sample_rate augment automatic_mixed_precision beam_width beta1 beta2 bytes_output_mode "
+    "cache_for_epochs checkpoint_dir checkpoint_secs cutoff_prob cutoff_top_n dev_batch_size dev_files "
+    "drop_source_layers dropout_rate dropout_rate2 dropout_rate3 dropout_rate4 dropout_rate5 dropout_rate6 early_stop "
+    "epochs epsilon es_epochs es_min_delta export_author_id export_batch_size export_beam_width export_contact_info "
+    "export_description export_dir export_file_name export_language export_license export_max_ds_version "
+    "export_min_ds_version export_model_name export_model_version export_tflite export_zip feature_cache "
+    "feature_win_len feature_win_step force_initialize_learning_rate inter_op_parallelism_threads "
+    "intra_op_parallelism_threads layer_norm learning_rate limit_dev limit_test limit_train lm_alpha lm_alpha_max "
+    "lm_beta lm_beta_max load_checkpoint_dir load_cudnn load_evaluate load_train log_level log_placement max_to_keep "
+    "metrics_files n_hidden n_steps n_trials one_shot_infer plateau_epochs plateau_reduction random_seed read_buffer "
+    "reduce_lr_on_plateau relu_clip remove_export report_count reverse_dev reverse_test reverse_train "
+    "save_checkpoint_dir scorer scorer_path show_progressbar summary_dir test_batch_size test_files test_output_file "
+    "train_batch_size train_cudnn train_files use_allow_growth".split())
+
+
+def deepspeech_flags_table(names: list[str]) -> list[str]:
+    """The Markdown table of DeepSpeech 0.9.3's flags (`names`): offered the same, adapted, or not offered and why."""
+    props = flags.properties()
+    lines = ["| DeepSpeech 0.9.3 flag | in dsflow |", "|---|---|"]
+    for name in names:
+        note = NOT_THE_SAME.get(name)
+        if note is None:
+            note = "same" if name in props else "MISSING"
+        lines.append(f"| `{name}` | {note.replace('|', chr(92) + '|')} |")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- generated files
 
 def _show(v) -> str:
@@ -211,6 +285,10 @@ def markdown() -> str:
         desc = " ".join(prop.get("description", "").split()).replace("|", "\\|")
         demo_value = _show(demo[key]) if key in demo else ""
         lines.append(f"| `{key}` | {_show(prop.get('default'))} | {demo_value} | {allowed(prop)} | {desc} |")
+    lines += ["", "## DeepSpeech 0.9.3's flags", "",
+              "Every flag of DeepSpeech 0.9.3's `util/flags.py`: offered as the key of the same name and meaning "
+              "(\"same\"), adapted, or not offered and why.", ""]
+    lines += deepspeech_flags_table(DEEPSPEECH_FLAG_NAMES)
     return "\n".join(lines) + "\n"
 
 

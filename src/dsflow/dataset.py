@@ -229,13 +229,30 @@ def _prepare(features_dir, alphabet):
     return features_dir, index, alphabet
 
 
-def load(features_dir: str | Path, alphabet: Alphabet | str | Path, batch_size: int, train: bool):
-    """The split as a tf.data.Dataset of batches in DeepSpeech order (see the module docstring)."""
+def rows(features_dir: str | Path, limit: int = 0, reverse: bool = False):
+    """The index rows a `load` with these settings yields, in its order (DeepSpeech's limit_* keeps the `limit`
+    shortest utterances, 0: all; reverse_* reads them longest first)."""
+    index = info(features_dir)
+    index = index.head(limit) if limit else index
+    return index.iloc[::-1] if reverse else index
+
+
+def load(features_dir: str | Path, alphabet: Alphabet | str | Path, batch_size: int, train: bool, limit: int = 0,
+         reverse: bool = False):
+    """The split as a tf.data.Dataset of batches in DeepSpeech order (see the module docstring), of its `limit`
+    shortest utterances (0: all), longest first with `reverse` (DeepSpeech's limit_*/reverse_* flags)."""
     import tensorflow as tf
 
     features_dir, index, alphabet = _prepare(features_dir, alphabet)
-    shards = [str(features_dir / s) for s in dict.fromkeys(index["shard"])]  # index order, each once
-    ds = tf.data.TFRecordDataset(shards)  # files read one after another: order kept
+    index = rows(features_dir, limit)
+    counts = index.groupby("shard", sort=False).size()  # records per shard, in index order
+    if reverse:  # a shard at a time into memory (an hour of audio's features: ~20 MB), its records reversed
+        shards = tf.constant([str(features_dir / s) for s in counts.index[::-1]])
+        ds = tf.data.Dataset.from_tensor_slices((shards, tf.constant(counts.values[::-1], tf.int64))).flat_map(
+            lambda f, n: tf.data.TFRecordDataset(f).take(n).batch(1 << 30).map(lambda r: tf.reverse(r, [0])).unbatch())
+    else:
+        ds = tf.data.TFRecordDataset([str(features_dir / s) for s in counts.index])  # one after another: order kept
+        ds = ds.take(len(index)) if limit else ds
     ds = ds.map(_parse(alphabet), num_parallel_calls=2, deterministic=True)
     # Fixed parallelism, autotune off: with it on, deleting an epoch's finished iterator stalled for 15-30 s
     # in about one epoch of three while training (measured; the parse is cheap and never the bottleneck).
@@ -244,17 +261,19 @@ def load(features_dir: str | Path, alphabet: Alphabet | str | Path, batch_size: 
     return _padded_batch(ds, batch_size, drop_remainder=train).prefetch(2).with_options(options)
 
 
-def longest_batch(features_dir: str | Path, alphabet: Alphabet | str | Path, batch_size: int) -> dict:
-    """One batch of the `batch_size` longest utterances (most frames; fewer if the split is smaller),
-    for a first step that hits out-of-memory before the first epoch rather than at its end."""
+def longest_batch(features_dir: str | Path, alphabet: Alphabet | str | Path, batch_size: int, limit: int = 0) -> dict:
+    """One batch of the `batch_size` longest utterances (most frames; fewer if the split is smaller) among the
+    `limit` shortest (0: all), for a first step that hits out-of-memory before the first epoch rather than at its
+    end."""
     import tensorflow as tf
 
     features_dir, index, alphabet = _prepare(features_dir, alphabet)
+    index = rows(features_dir, limit)
     index = index.assign(position=index.groupby("shard", sort=False).cumcount())
     longest = index.sort_values("n_frames", ascending=False, kind="stable").head(batch_size)
     parts = []
-    for shard, rows in longest.groupby("shard"):  # shard names sort in index order
-        wanted = tf.constant(sorted(rows["position"]), tf.int64)
+    for shard, group in longest.groupby("shard"):  # shard names sort in index order
+        wanted = tf.constant(sorted(group["position"]), tf.int64)
         parts.append(tf.data.TFRecordDataset(str(features_dir / shard)).enumerate()
                      .filter(lambda i, _, w=wanted: tf.reduce_any(tf.equal(i, w)))
                      .map(lambda _, record: record))

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
     a("--test_features", required=True, help="comma-separated features folders of the test sets")
     flags.add_options(p, "evaluate")
-    a("--test_output_file", help="write every sample's results here (DeepSpeech's JSON list)")
+    flags.add_option(p, "test_output_file")
     a("--report", help="write the report here as Markdown")
     a("--metrics", help="write per test set {wer, cer, loss, samples} here (JSON)")
     a("--threads", type=int, default=0, help="TensorFlow intra-op threads and decoder processes (0: TensorFlow's "
@@ -98,11 +98,12 @@ def markdown(checkpoint: str, results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1) -> list[dict]:
+def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, threads: int = 1, limit: int = 0,
+               reverse: bool = False) -> list[dict]:
     """Every utterance of a test set (index order) as an unsorted sample_result; `decoder` a
     dsflow.decode.Decoder (None: greedy), run in `threads` processes."""
     decoder = decoder or Decoder(net.alphabet)
-    pending, probs = acoustic(net, features_dir, batch_size, step)
+    pending, probs = acoustic(net, features_dir, batch_size, step, limit, reverse)
     if decoder.scorer_path:
         log.info("beam search (beam_width %d, scorer %s) of %d utterances in %d processes, lm_alpha %g, lm_beta %g",
                  decoder.beam_width, decoder.scorer_path, len(probs), threads, decoder.lm_alpha, decoder.lm_beta)
@@ -126,7 +127,8 @@ def evaluate(args) -> list[dict]:
 
     results = []
     for d in dirs:
-        samples = decode_set(net, d, args.test_batch_size, step, decoder, max(1, args.threads))
+        samples = decode_set(net, d, args.test_batch_size, step, decoder, max(1, args.threads), args.limit_test,
+                             args.reverse_test)
         wer, cer = corpus_rates(samples)
         loss = float(np.mean(np.array([s["loss"] for s in samples], np.float32)))
         samples = sort_samples(samples)

@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
     a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
     a("--export_dir", required=True, help="output folder (replaced atomically)")
     flags.add_options(p, "export")
+    flags.add_option(p, "scorer_path", help="with export_zip: the scorer to put into the zip")
     p.set_defaults(func=_main)
 
 
@@ -206,6 +207,23 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
     return export_dir
 
 
+def zip_export(export_dir: str | Path, scorer_path: str | Path = "") -> Path:
+    """DeepSpeech's export_zip: `<export_dir>.zip` (atomically) of the export folder's files and the scorer."""
+    import zipfile
+
+    from dsflow.atomic import atomic_path
+
+    export_dir = Path(export_dir)
+    out = export_dir.with_name(export_dir.name + ".zip")
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(p for p in export_dir.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
+            z.write(f, Path(export_dir.name) / f.relative_to(export_dir))
+        if scorer_path:
+            z.write(scorer_path, Path(export_dir.name) / Path(scorer_path).name)
+    log.info("wrote %s", out, extra=SHOW)
+    return out
+
+
 def export(args) -> Path:
     from dsflow import checkpoints
 
@@ -214,7 +232,12 @@ def export(args) -> Path:
     features_meta = checkpoints.features_meta(args.checkpoint_dir) or {
         "sample_rate": args.audio_sample_rate, "win_len_ms": args.feature_win_len, "win_step_ms": args.feature_win_step}
     net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
-    return write_export(net, args.export_dir, args, features_meta)
+    if args.export_zip:
+        args.export_tflite = True  # DeepSpeech: export_zip exports TFLite
+    out = write_export(net, args.export_dir, args, features_meta)
+    if args.export_zip:
+        zip_export(out, args.scorer_path)
+    return out
 
 
 def _main(args) -> int:

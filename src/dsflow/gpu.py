@@ -26,7 +26,7 @@ from pathlib import Path
 from dsflow import UserError
 from dsflow.log import log
 
-GPU_COMMANDS = {"train", "evaluate", "export", "transcribe", "lm-optimize"}
+GPU_COMMANDS = {"train", "evaluate", "export", "transcribe", "lm-optimize", "infer"}
 _held: list = []  # the claimed device's open lock file: the claim lasts as long as this process
 
 

@@ -25,15 +25,17 @@ def make_step(net):
     return step
 
 
-def acoustic(net, features_dir: str, batch_size: int, step) -> tuple[list[tuple], list]:
-    """Run the network over a features folder (index order): [(wav_filename, transcript, loss)] and each
-    utterance's softmax probabilities [T, C] (its real frames only)."""
+def acoustic(net, features_dir: str, batch_size: int, step, limit: int = 0, reverse: bool = False
+             ) -> tuple[list[tuple], list]:
+    """Run the network over a features folder (index order; its `limit` shortest utterances, longest first with
+    `reverse`): [(wav_filename, transcript, loss)] and each utterance's softmax probabilities [T, C] (its real
+    frames only)."""
     import numpy as np
 
     from dsflow import dataset
 
-    index = dataset.info(features_dir)
-    data = dataset.load(features_dir, net.alphabet, batch_size, train=False)
+    index = dataset.rows(features_dir, limit, reverse)
+    data = dataset.load(features_dir, net.alphabet, batch_size, train=False, limit=limit, reverse=reverse)
     pending, probs = [], []  # (wav_filename, src, loss) and softmax probabilities [T, C] of each utterance
     with Progress(f"Testing {features_dir}", math.ceil(len(index) / batch_size), "batches") as progress:
         for batch in data:

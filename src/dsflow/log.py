@@ -30,7 +30,12 @@ class _Terse(logging.Filter):
         return record.levelno >= logging.WARNING or getattr(record, "progress", False)
 
 
-def setup(logfile: str | None = None, level: int = logging.INFO, console=None, command: str = "") -> None:
+def _level() -> int:
+    """DeepSpeech's log_level (0 debug, 1 info, 2 warnings, 3 errors), from the workflow (DSFLOW_LOG_LEVEL)."""
+    return (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)[int(os.environ.get("DSFLOW_LOG_LEVEL", 1))]
+
+
+def setup(logfile: str | None = None, level: int | None = None, console=None, command: str = "") -> None:
     """Send dsflow's log to `console` (default stderr) and, when given, to `logfile` (a Snakemake rule's `log:`);
     with a logfile, the console shows only progress, warnings and errors, prefixed with `command`."""
     handlers: list[logging.Handler] = [logging.StreamHandler(console or sys.stderr)]
@@ -41,7 +46,7 @@ def setup(logfile: str | None = None, level: int = logging.INFO, console=None, c
         handlers.append(logging.FileHandler(logfile, mode="a", encoding="utf-8"))
         handlers[1].setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     log.handlers[:] = handlers
-    log.setLevel(level)
+    log.setLevel(_level() if level is None else level)
     log.propagate = False
 
 
@@ -116,7 +121,7 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
-        if now - self.last >= self.interval:
+        if now - self.last >= self.interval and os.environ.get("DSFLOW_PROGRESS", "1") != "0":
             self.last = now
             self._line(now)
 

@@ -35,7 +35,8 @@ from dsflow.schedule import Schedule
 # (load_checkpoint_dir counts by its content, see `identity`; augment_workers does not change the augmentations.)
 NOT_IDENTITY = {"epochs", "checkpoint_secs", "max_to_keep", "load_train", "force_initialize_learning_rate", "threads",
                 "metrics", "summary_dir", "train_features", "dev_features", "alphabet_config_path", "checkpoint_dir",
-                "work_dir", "load_checkpoint_dir", "augment_workers", "train_cudnn"}
+                "work_dir", "load_checkpoint_dir", "augment_workers", "train_cudnn", "metrics_features",
+                "skip_batch_test"}
 
 
 def add_parser(sub) -> None:
@@ -52,7 +53,8 @@ def add_parser(sub) -> None:
     flags.add_options(p, "train")
     a("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: TensorFlow's default)")
     a("--metrics", help="also write the per-epoch metrics CSV here")
-    a("--summary_dir", help="TensorBoard summaries (default: WORK/summaries)")
+    a("--metrics_features", default="", help="comma-separated features folders of the metrics sets (metrics_files): "
+                                             "their loss is reported after each epoch, never used for decisions")
     p.set_defaults(func=_main)
 
 
@@ -151,23 +153,31 @@ class Trainer:
             log.info("train_cudnn: dsflow has one LSTM (DeepSpeech's arithmetic, on any device); nothing changes")
 
         # data: built once, iterated every epoch (no shuffling in DeepSpeech: each epoch has the same order)
-        info = dataset.info(args.train_features)
+        info = dataset.rows(args.train_features, args.limit_train)
         self.durations = dict(zip(info["wav_filename"], info["duration"]))
         self.n_batches = len(info) // args.train_batch_size
         if self.n_batches == 0:
             raise UserError(f"{args.train_features}: {len(info)} utterances, fewer than train_batch_size "
                             f"{args.train_batch_size}; the last partial batch is dropped (DeepSpeech), so an epoch "
                             "would be empty")
-        self.train_data = dataset.load(args.train_features, self.alphabet, args.train_batch_size, train=True)
+        self.train_data = dataset.load(args.train_features, self.alphabet, args.train_batch_size, train=True,
+                                       limit=args.limit_train, reverse=args.reverse_train)
         self.augmented = None  # with augment: fresh augmented batches every epoch instead of the cached features
         if args.augment:
             from dsflow.augmented import AugmentedSplit
 
+            if args.limit_train or args.reverse_train:
+                raise UserError("augment with limit_train or reverse_train is not offered: augmented batches follow "
+                                "the whole training split in DeepSpeech's order")
             self.augmented = AugmentedSplit(args.train_features, self.alphabet, args.train_batch_size, args.augment,
                                             random_seed=args.random_seed, epochs=args.epochs,
                                             workers=args.augment_workers)
-        self.dev_data = {d: (dataset.load(d, self.alphabet, args.dev_batch_size, train=False),
-                             math.ceil(len(dataset.info(d)) / args.dev_batch_size)) for d in self.dev_dirs}
+        self.dev_data = {d: (dataset.load(d, self.alphabet, args.dev_batch_size, False, args.limit_dev, args.reverse_dev),
+                             math.ceil(len(dataset.rows(d, args.limit_dev)) / args.dev_batch_size))
+                         for d in self.dev_dirs}
+        self.metrics_dirs = [d for d in args.metrics_features.split(",") if d.strip()]
+        self.metrics_data = {d: (dataset.load(d, self.alphabet, args.dev_batch_size, train=False),
+                                 math.ceil(len(dataset.info(d)) / args.dev_batch_size)) for d in self.metrics_dirs}
 
         # model, optimizer, checkpoints, steps
         tf.random.set_seed(args.random_seed)
@@ -185,7 +195,7 @@ class Trainer:
         self.schedule = Schedule(args.early_stop, args.es_epochs, args.es_min_delta, args.reduce_lr_on_plateau,
                                  args.plateau_epochs, args.plateau_reduction)
         summaries = Path(args.summary_dir) if args.summary_dir else self.work.path / "summaries"
-        self.writers = {k: tf.summary.create_file_writer(str(summaries / k)) for k in ("train", "dev")}
+        self.writers = {k: tf.summary.create_file_writer(str(summaries / k)) for k in ("train", "dev", "metrics")}
         self.state = State()
         self.rows: list[dict] = []  # metrics.csv
         self.signal = None
@@ -257,7 +267,8 @@ class Trainer:
             st.early_stopped = False
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             try:
-                self._check_longest_batch()
+                if not args.skip_batch_test:
+                    self._check_longest_batch()
                 while st.epoch < args.epochs and not st.early_stopped:
                     if not self.train_epoch():
                         self._save("train")
@@ -305,7 +316,7 @@ class Trainer:
         """One training step on the longest batch, update not applied: out of memory shows in seconds."""
         args, tf = self.args, self.tf
         t0 = time.monotonic()
-        batch = dataset.longest_batch(args.train_features, self.alphabet, args.train_batch_size)
+        batch = dataset.longest_batch(args.train_features, self.alphabet, args.train_batch_size, args.limit_train)
         try:
             losses, _ = self.gradients(*_inputs(batch), tf.constant([args.random_seed, -1], tf.int64))
         except tf.errors.ResourceExhaustedError as e:
@@ -379,7 +390,7 @@ class Trainer:
         events = []
         st.new_epoch()
         if self.dev_dirs:
-            row["dev_loss"] = dev_loss = self.validate(epoch)
+            row["dev_loss"] = dev_loss = self.validate(epoch, self.dev_data, "Validation")
             decision = self.schedule.update(dev_loss)
             if decision.save_best:
                 log.info("Saved new best validating model with loss %f to: %s", dev_loss, self._save("best_dev"))
@@ -396,6 +407,8 @@ class Trainer:
                 log.info("Encountered a plateau, reducing learning rate to %g", new_lr)
                 log.info("Saved best validating model with reduced learning rate to: %s", self._save("best_dev"))
                 events.append(f"plateau: reloaded best_dev, learning rate {new_lr:g}")
+        if self.metrics_dirs:  # reported only (DeepSpeech's metrics_files)
+            row["metrics_loss"] = self.validate(epoch, self.metrics_data, "Metrics")
         row.update(best_dev_loss=self.schedule.best_dev_loss,
                    epochs_without_improvement=self.schedule.epochs_without_improvement, event="; ".join(events))
         self.rows.append(row)
@@ -404,24 +417,24 @@ class Trainer:
             for name, value in (("loss", train_loss), ("learning_rate", lr), ("audio_seconds_per_second", rate),
                                 ("epoch_seconds", row["epoch_seconds"])):
                 _scalar(self.tf, name, value, epoch)
-        if self.dev_dirs:
-            with self.writers["dev"].as_default():
-                _scalar(self.tf, "loss", row["dev_loss"], epoch)
+        for kind in ("dev", "metrics"):
+            if row.get(f"{kind}_loss", "") != "":
+                with self.writers[kind].as_default():
+                    _scalar(self.tf, "loss", row[f"{kind}_loss"], epoch)
         for w in self.writers.values():
             w.flush()
         self._save("train")
         log.info("-" * 80)
 
-    def validate(self, epoch: int) -> float:
-        """DeepSpeech: per dev set the mean batch loss; dev_loss = sum(set_loss * steps) / sum(steps)."""
+    def validate(self, epoch: int, sets: dict, phase: str) -> float:
+        """DeepSpeech: per dev (or metrics) set the mean batch loss; loss = sum(set_loss * steps) / sum(steps)."""
         import numpy as np
 
         total, steps = 0.0, 0
-        for d in self.dev_dirs:
-            log.info("Validating epoch %d on %s...", epoch, d)
+        for d, (data, n) in sets.items():
+            log.info("%s epoch %d on %s...", "Validating" if phase == "Validation" else "Computing metrics of", epoch, d)
             set_total, set_steps = 0.0, 0
-            data, n = self.dev_data[d]
-            with Progress(f"Epoch {epoch} | Validation | {d}", n, "batches") as progress:
+            with Progress(f"Epoch {epoch} | {phase} | {d}", n, "batches") as progress:
                 for batch in data:
                     losses = self.evaluate(*_inputs(batch)).numpy()
                     bad = [n for n, v in zip(_names(batch), losses) if not np.isfinite(v)]
@@ -431,7 +444,8 @@ class Trainer:
                     set_steps += 1
                     progress.update()
             set_loss = set_total / set_steps
-            log.info("Finished validating epoch %d on %s - loss: %f", epoch, d, set_loss, extra=SHOW)
+            log.info("Finished %s epoch %d on %s - loss: %f", "validating" if phase == "Validation" else "metrics of",
+                     epoch, d, set_loss, extra=SHOW)
             total += set_loss * set_steps
             steps += set_steps
         return total / steps

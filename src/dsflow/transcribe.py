@@ -28,14 +28,13 @@ Any .tflite file with DeepSpeech's interface is read, also one exported by DeepS
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dsflow import UserError
+from dsflow.audio import model_rate_wav
 from dsflow.exported import ExportedModel
 from dsflow.log import log
 from dsflow.mfcc import N_INPUT, mfcc
@@ -112,30 +111,6 @@ class Stream:
 
 # ---------------------------------------------------------------------------------------------- audio
 
-@contextlib.contextmanager
-def model_rate_wav(path: str | Path, rate: int):
-    """`path` itself when it is a 16-bit mono PCM WAV at `rate` Hz, else a temporary copy converted with sox."""
-    from dsflow.audio import ConversionError, convert, wav_frames
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such audio file")
-    if wav_frames(path, rate) is not None:
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="dsflow-transcribe-") as tmp:
-        wav = Path(tmp) / "audio.wav"
-        try:
-            convert(path, wav, rate)
-        except ConversionError as e:
-            raise UserError(f"{path}: cannot convert to 16-bit mono {rate} Hz audio: {e}") from None
-        except FileNotFoundError:
-            raise UserError(f"{path} needs converting to {rate} Hz mono, but sox is not installed "
-                            "(apt-get install sox)") from None
-        log.info("%s: converted to 16-bit mono %d Hz with sox", path, rate)
-        yield wav
-
-
 def probabilities(model, audio_path: str | Path) -> tuple[np.ndarray, float]:
     """(probabilities [T, n_classes], audio seconds) of one audio file, streamed through the model."""
     import soundfile as sf
@@ -176,6 +151,9 @@ def _main(args) -> int:
             tf.config.threading.set_inter_op_parallelism_threads(args.threads)
         except RuntimeError:  # a process that already ran TensorFlow ops (tests)
             pass
+    missing = [p for p in args.audio if not Path(p).is_file()]
+    if missing:  # before the model loads (seconds for a large one)
+        raise UserError(f"no such audio file: {', '.join(missing)}")
     model = ExportedModel(args.model, args.savedmodel, args.threads)
     log.info("%s: %s model, %d Hz, n_hidden %d, %d steps per call, language %r", model.path, model.kind,
              model.sample_rate, model.n_hidden, model.n_steps, model.language)
