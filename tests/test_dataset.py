@@ -98,3 +98,26 @@ def test_alphabet_error_names_the_wav_and_characters(split):
 def test_missing_features_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="run `dsflow features`"):
         dataset.load(tmp_path, ALPHABET, 1, train=False)
+
+
+def test_limit_and_reverse_pick_the_shortest_and_read_them_longest_first(tmp_path):
+    """DeepSpeech's limit_*: the N shortest utterances; reverse_*: longest first (across shards too)."""
+    from dsflow import features
+    from tests.test_features import make_split
+
+    csv = make_split(tmp_path / "data", [1, 2, 3, 4, 5])
+    features.write_features(csv, tmp_path / "f", threads=1, shard_seconds=1.2)  # 3 shards: 2 + 2 + 1 clips
+    alphabet = Alphabet(list(" clip01234"))
+
+    def names(**kw):
+        got = [n.decode().rsplit("/", 1)[1] for b in dataset.load(tmp_path / "f", alphabet, 2, False, **kw)
+               for n in b["wav_filename"].numpy()]
+        rows = list(dataset.rows(tmp_path / "f", kw.get("limit", 0), kw.get("reverse", False))["wav_filename"])
+        assert got == [r.rsplit("/", 1)[1] for r in rows]  # what the index says a load yields
+        return got
+
+    assert names() == [f"clip{i}.wav" for i in range(5)]
+    assert names(limit=3) == ["clip0.wav", "clip1.wav", "clip2.wav"]
+    assert names(reverse=True) == [f"clip{i}.wav" for i in (4, 3, 2, 1, 0)]
+    assert names(limit=4, reverse=True) == [f"clip{i}.wav" for i in (3, 2, 1, 0)]
+    assert dataset.longest_batch(tmp_path / "f", alphabet, 1, limit=2)["wav_filename"].numpy()[0].endswith(b"clip1.wav")

@@ -79,7 +79,7 @@ def tiny_dag(tiny_chain):
     for e in graph["edges"]:
         down[e["u"]].add(e["v"])
     text = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
-    command = dict(re.findall(r'^rule (\w+):.*?code=code\("([^"]+)"\)', text, re.S | re.M))
+    command = dict(re.findall(r'^\s*rule (\w+):.*?code=code\("([^"]+)"\)', text, re.S | re.M))
     return rule, down, command
 
 

@@ -256,3 +256,22 @@ def test_checkpoints_are_named_by_global_step_and_an_unreadable_latest_gives_way
     assert "train-6 cannot be read" in text and "resuming from" in text
     assert re.search(r"resuming from \S+/train-3: epoch 1, step 0, global step 3", text)
     assert [r["epoch"] for r in metrics(out / "metrics.csv")] == ["0", "1", "2"]
+
+
+def test_metrics_sets_are_reported_and_decide_nothing(tmp_path, ldc_features):
+    """DeepSpeech's metrics_files: their loss after every epoch, in the log, metrics.csv and TensorBoard; the best-dev
+    checkpoint and the schedule follow the dev set only. skip_batch_test leaves out the longest-batch step."""
+    other = make_features(tmp_path, "other", [LDC_TEXT, "she had your dark suit"])
+    work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
+    args = train_args(ldc_features, work, out, "--n_hidden", 16, "--epochs", 2, "--skip_batch_test", "true",
+                      dev=ldc_features)
+    assert main(["--log", str(log), *args, "--metrics_features", str(other)]) == 0
+    rows = metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"] and all(float(r["metrics_loss"]) > 0 for r in rows)
+    assert all(r["metrics_loss"] != r["dev_loss"] for r in rows)
+    text = log.read_text()
+    assert f"Finished metrics of epoch 1 on {other} - loss:" in text and "longest batch" not in text
+    # the same run without the metrics set: the same model (metrics sets decide nothing)
+    assert main(train_args(ldc_features, tmp_path / "work2", tmp_path / "out2", "--n_hidden", 16, "--epochs", 2,
+                           dev=ldc_features)) == 0
+    assert [r["dev_loss"] for r in metrics(tmp_path / "out2" / "metrics.csv")] == [r["dev_loss"] for r in rows]

@@ -109,3 +109,16 @@ def of_common_voice(cv_dir: str | Path, cache: Path = CACHE) -> str:
                 paths += [str(cv_dir / "clips" / row.get("path", "")) for row in
                           csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
     return _fingerprint(paths, str(cv_dir), cache)
+
+
+def of_checkpoint(path: str | Path) -> str:
+    """The content of a checkpoint folder (its .index files, which hold every tensor's CRC, and its state files),
+    or of a checkpoint prefix: training re-runs when the checkpoint it starts from changes, not when it is touched."""
+    path = Path(path)
+    files = sorted(path.glob("*.index")) + [path / n for n in ("checkpoint", "best_dev_checkpoint", "alphabet.txt")
+                                            if (path / n).is_file()] if path.is_dir() else [Path(f"{path}.index")]
+    digest = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()[:16]
