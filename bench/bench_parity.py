@@ -129,7 +129,8 @@ def main(argv=None) -> None:
     seconds[f"{name}, + </s>"] = time.perf_counter() - start
 
     ds_wer = rates(refs, results["deepspeech"])[0]
-    print(f"\n| decoder | WER | CER | WER - DeepSpeech's | identical to DeepSpeech's | seconds |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| decoder | WER | CER | WER - DeepSpeech's | identical to DeepSpeech's | seconds |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, hyps in results.items():
         wer, cer = rates(refs, hyps)
         same = np.mean([a == b for a, b in zip(hyps, results["deepspeech"])])

@@ -13,10 +13,10 @@ back here for checks and for running the graph in TensorFlow 2).
   logits_shape (int32 [3] constant: the runtime checks its last entry against the alphabet)
 
 The graph is written node by node, not converted from a TensorFlow 2 graph: the runtime's TensorFlow build
-registers kernels only for the ops DeepSpeech's graph needed (native_client/BUILD; e.g. no Sigmoid, Tanh,
-StridedSlice), and a node whose op has no kernel fails DS_CreateModel ("Failed to create session", 0x3006), one
-with an attribute TF 2.3 does not know (TF 2.21's MatMul grad_a, GatherNd bad_indices_policy) every inference
-(an empty transcript). So every node is one of KERNELS with only the attributes listed there (`check`).
+registers kernels only for the ops DeepSpeech's graph needed (native_client/BUILD; e.g. no Sigmoid or Tanh, which
+a TF 2 LSTM cell is made of), and a node whose op has no kernel fails DS_CreateModel ("Failed to create session",
+0x3006), one with an attribute TF 2.3 does not know (TF 2.21's MatMul grad_a, GatherNd bad_indices_policy) fails
+every inference (an empty transcript). So every node is one of KERNELS with only the attributes listed there (`check`).
 
 The arithmetic is dsflow.model's: layer_1..3 and layer_5 as MatMul + BiasAdd + Relu + Minimum(relu_clip) (with
 layer_norm: Mean, SquaredDifference, Add, Rsqrt, Sub, Mul, which that build has too), the LSTM as ONE BlockLSTM
@@ -58,16 +58,17 @@ LSTM_SCOPE = "cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell"
 # The first date-based GraphDef version (May 2019; TF 1.15 wrote a later one). No op used here changed since.
 PRODUCER = 30
 
-# The ops whose kernels DeepSpeech 0.9.3's TensorFlow build registers that this graph uses, each with the
-# attributes its TF 1.15 op definition has (a NodeDef attribute the runtime's op does not know fails
-# DS_CreateModel; TF 2.21 added e.g. MatMul's grad_a/grad_b and GatherNd's bad_indices_policy).
+# The ops this graph uses, all of which DeepSpeech 0.9.3's TensorFlow build has kernels for (probed with the
+# real library: it lacks e.g. Sigmoid, Tanh, Sqrt, Square, Exp, RealDiv, Maximum), each with the attributes its
+# TF 1.15 op definition has (TF 2.21 added e.g. MatMul's grad_a/grad_b and GatherNd's bad_indices_policy).
 KERNELS = {
     "Placeholder": {"dtype", "shape"}, "Const": {"dtype", "value"},
     "ImmutableConst": {"dtype", "shape", "memory_region_name"},
     "Reshape": {"T", "Tshape"}, "MatMul": {"T", "transpose_a", "transpose_b"}, "BiasAdd": {"T", "data_format"},
     "Relu": {"T"}, "Minimum": {"T"}, "Softmax": {"T"}, "GatherNd": {"Tparams", "Tindices"},
-    "Mean": {"T", "Tidx", "keep_dims"}, "SquaredDifference": {"T"}, "Add": {"T"}, "Sub": {"T"}, "Mul": {"T"},
-    "Rsqrt": {"T"},  # layer_norm only
+    "Mean": {"T", "Tidx", "keep_dims"}, "SquaredDifference": {"T"}, "Add": {"T"}, "Sub": {"T"},  # layer_norm
+    "Mul": {"T"}, "Rsqrt": {"T"},  # layer_norm (Mul of two different tensors: the runtime's graph optimizer
+    # turns x * x into Square, which it has no kernel for)
     "BlockLSTM": {"T", "forget_bias", "cell_clip", "use_peephole"},
     "AudioSpectrogram": {"window_size", "stride", "magnitude_squared"},
     "Mfcc": {"upper_frequency_limit", "lower_frequency_limit", "filterbank_channel_count", "dct_coefficient_count"},
