@@ -64,5 +64,6 @@ def test_the_end_of_the_sentence_is_not_scored(tmp_path):
     e = d.emissions(probs)
     raw = d._decoder.decode(e.ctypes.data, e.shape[0], e.shape[1])
     assert [d.words[i] for i in raw[0].words if i >= 0] == ["the", "kat"]
-    scores = {" ".join(d.words[i] for i in r.words if i >= 0): d._score_without_end(r) for r in raw}
-    assert scores["the cat"] - scores["the kat"] == pytest.approx(0.1 * math.log(10), abs=1e-4)
+    # flashlight's scores (lm_alpha 1): "kat" ahead by (-0.4 - 0.1) - (-0.3 - 2.0) = 1.8 in log10, </s> included
+    raw_scores = {" ".join(d.words[i] for i in r.words if i >= 0): r.score for r in raw}
+    assert raw_scores["the kat"] - raw_scores["the cat"] == pytest.approx(1.8 * math.log(10), abs=1e-4)

@@ -190,17 +190,25 @@ class Decoder:
         results = self._decoder.decode(e.ctypes.data, e.shape[0], e.shape[1])
         if not results:
             return ""
-        best = max(results, key=self._score_without_end)
-        return " ".join(self.words[i] for i in best.words if i >= 0)
+        return " ".join(self.words[i] for i in self._best_without_end(results))
 
-    def _score_without_end(self, result) -> float:
-        """A final hypothesis' score without the end-of-sentence term flashlight's decodeEnd adds
-        (lm_weight * log10 P(</s> | its last words)), which DeepSpeech's decoder does not score."""
-        state = self._lm.start(False)
-        for i in result.words:
-            if i >= 0:
-                state = self._lm.score(state, i)[0]
-        return result.score - self.lm_alpha * math.log(10) * self._lm.finish(state)[1]
+    def _best_without_end(self, results) -> list[int]:
+        """The words of the final hypothesis that is best without the end-of-sentence term flashlight's decodeEnd
+        adds to each (lm_weight * log10 P(</s> | its last words)), which DeepSpeech's decoder does not score."""
+        states, lm_weight = {(): self._lm.start(False)}, self.lm_alpha * math.log(10)
+
+        def state(words: tuple):  # the LM state after `words` (hypotheses share their beginnings)
+            if words not in states:
+                states[words] = self._lm.score(state(words[:-1]), words[-1])[0]
+            return states[words]
+
+        best, best_score = [], -math.inf
+        for r in results:  # in flashlight's order: the first of equal scores wins
+            words = tuple(i for i in r.words if i >= 0)
+            score = r.score - lm_weight * self._lm.finish(state(words))[1]
+            if score > best_score:
+                best, best_score = list(words), score
+        return best
 
     def decode_batch(self, probs_list, threads: int = 1) -> list[str]:
         """Several utterances, each [T_i, C], decoded in `threads` processes; results in input order."""
