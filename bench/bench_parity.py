@@ -64,6 +64,7 @@ def main(argv=None) -> None:
     import soundfile as sf
 
     from dsflow import runtimes, transcribe
+    from dsflow.audio import model_rate_wav
     from dsflow.decode import BEAM_THRESHOLD, Decoder
     from dsflow.exported import ExportedModel
 
@@ -105,7 +106,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         results["deepspeech"] = []
         for wav, _ in clips:
-            with transcribe.model_rate_wav(wav, m.sample_rate) as w:
+            with model_rate_wav(wav, m.sample_rate) as w:
                 results["deepspeech"].append(m.stt(sf.read(str(w), dtype="int16")[0]))
         seconds["deepspeech"] = time.perf_counter() - start
 
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
     seconds["dsflow"] = time.perf_counter() - start
     probs = []
     for wav, _ in clips:
-        with transcribe.model_rate_wav(wav, model.sample_rate) as w:
+        with model_rate_wav(wav, model.sample_rate) as w:
             probs.append(client_probs(model, sf.read(str(w), dtype="int16")[0]))
     for (t, m), decoder in decoders.items():
         name = f"dsflow/client, beam_threshold {t:g}, smearing {m}"
