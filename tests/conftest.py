@@ -44,8 +44,9 @@ SENTENCE = "she had your dark suit in greasy wash water all year"
 def train_ldc93s1(tmp, wav, rate):
     """DeepSpeech's LDC93S1 smoke test through `dsflow train`, at `rate`: 325 epochs, then 25 more at a time
     until the best-dev checkpoint's greedy transcript is exact (training is deterministic: 325 on the machines
-    measured), exported quantized and float. Returns {"quantized"|"float": .tflite path, "net", "features",
-    "checkpoint": the published checkpoint folder}. Shared by every test that needs a model that works."""
+    measured), exported three ways: DeepSpeech's quantized and float .tflite, and (export_tflite false) its .pb and
+    .pbmm. Returns {"quantized"|"float": .tflite path, "pb", "pbmm": paths, "net", "features", "checkpoint": the
+    published checkpoint folder}. Shared by every test that needs a model that works."""
     from dsflow import checkpoints, dataset, features
     from dsflow.cli import main
     from dsflow.decode import greedy
@@ -70,6 +71,8 @@ def train_ldc93s1(tmp, wav, rate):
         assert main(["export", "--checkpoint_dir", str(tmp / "ckpt"), "--export_dir", str(tmp / kind),
                      "--export_tflite", "true", "--export_quantize", quantize]) == 0
         out[kind] = tmp / kind / "output_graph.tflite"
+    assert main(["export", "--checkpoint_dir", str(tmp / "ckpt"), "--export_dir", str(tmp / "pb")]) == 0
+    out["pb"], out["pbmm"] = tmp / "pb" / "output_graph.pb", tmp / "pb" / "output_graph.pbmm"
     return out
 
 

@@ -15,10 +15,16 @@ DeepSpeech's meaning:
   vocabulary    -> the lexicon trie: each word is spelled as its letters followed by the space label, out-of-
                    vocabulary words are impossible (unk_score -inf), as with DeepSpeech's trie
   prefix merging-> log_add (paths of the same prefix are summed, as in a prefix beam search)
-To close the last word like DeepSpeech's end-of-utterance scoring, one frame that can only be a space is appended.
-Differences that remain: the end of the sentence is also scored (`lm_alpha * ln P(</s> | last words)`), and
-hypotheses worse than the best by more than `beam_threshold` (natural-log units, default BEAM_THRESHOLD) are
-dropped early.
+  end of the    -> one frame that can only be a space is appended, which closes the last word like DeepSpeech's
+  utterance        end-of-utterance scoring; the end of the sentence is not scored, as in DeepSpeech (it never
+                   asks the LM for </s>): flashlight adds lm_weight * log P(</s> | last words) to each final
+                   hypothesis, which is taken out again before the best one is chosen
+Differences that remain (bench/bench_parity.py measures them against DeepSpeech's own decoder): the searches
+prune differently (DeepSpeech skips extensions below the beam's last prefix + ln P(blank) - lm_beta; here
+hypotheses worse than the best by more than `beam_threshold`, natural-log units, default BEAM_THRESHOLD, are
+dropped, and `smearing` "max" scores a partial word with the best unigram it can still become, where DeepSpeech
+scores a word only when it is complete), hypotheses are merged by language-model state rather than by their
+whole text, and spaces at the start or after a word's space are allowed as silence.
 
 A scorer is a KenLM model plus its vocabulary (dsflow.scorer reads them): an ARPA file (its unigrams), a binary
 model with `<scorer_path>.words`, or DeepSpeech's `.scorer` package (KenLM binary + vocabulary trie + default
@@ -78,13 +84,15 @@ class Decoder:
 
     def __init__(self, alphabet: Alphabet, beam_width: int = 1024, scorer_path: str | Path | None = "",
                  lm_alpha: float | None = None, lm_beta: float | None = None,
-                 cutoff_prob: float = 1.0, cutoff_top_n: int = 300, beam_threshold: float = BEAM_THRESHOLD):
-        if beam_width < 1 or cutoff_top_n < 1 or not 0 < cutoff_prob <= 1 or beam_threshold <= 0:
-            raise UserError("decoder: beam_width and cutoff_top_n must be >= 1, 0 < cutoff_prob <= 1 and "
-                            "beam_threshold > 0")
+                 cutoff_prob: float = 1.0, cutoff_top_n: int = 300, beam_threshold: float = BEAM_THRESHOLD,
+                 smearing: str = "max"):
+        if beam_width < 1 or cutoff_top_n < 1 or not 0 < cutoff_prob <= 1 or beam_threshold <= 0 or smearing not in (
+                "max", "none"):
+            raise UserError("decoder: beam_width and cutoff_top_n must be >= 1, 0 < cutoff_prob <= 1, "
+                            "beam_threshold > 0 and smearing max or none")
         self.alphabet = alphabet
         self.beam_width, self.cutoff_prob, self.cutoff_top_n = beam_width, cutoff_prob, cutoff_top_n
-        self.beam_threshold = beam_threshold
+        self.beam_threshold, self.smearing = beam_threshold, smearing
         self.scorer_path = str(scorer_path or "")
         self.lm_alpha, self.lm_beta = lm_alpha, lm_beta
         self._decoder = None
@@ -97,7 +105,7 @@ class Decoder:
         """The constructor's arguments that rebuild this decoder (in another process)."""
         return dict(beam_width=self.beam_width, scorer_path=self.scorer_path, lm_alpha=self.lm_alpha,
                     lm_beta=self.lm_beta, cutoff_prob=self.cutoff_prob, cutoff_top_n=self.cutoff_top_n,
-                    beam_threshold=self.beam_threshold)
+                    beam_threshold=self.beam_threshold, smearing=self.smearing)
 
     def _load_scorer(self) -> None:
         from flashlight.lib.text.decoder import SmearingMode, Trie
@@ -136,7 +144,7 @@ class Decoder:
         if unknown:
             log.warning("scorer_path: %s: %d of its %d words are unknown to its language model and cannot be "
                         "output (DeepSpeech scored them -1000)", path, unknown, len(found.words))
-        trie.smear(SmearingMode.MAX)
+        trie.smear(getattr(SmearingMode, self.smearing.upper()))
         self._trie = trie  # the decoder keeps a reference, but keep ours too
         self._space = space
 
@@ -182,7 +190,25 @@ class Decoder:
         results = self._decoder.decode(e.ctypes.data, e.shape[0], e.shape[1])
         if not results:
             return ""
-        return " ".join(self.words[i] for i in results[0].words if i >= 0)
+        return " ".join(self.words[i] for i in self._best_without_end(results))
+
+    def _best_without_end(self, results) -> list[int]:
+        """The words of the final hypothesis that is best without the end-of-sentence term flashlight's decodeEnd
+        adds to each (lm_weight * log10 P(</s> | its last words)), which DeepSpeech's decoder does not score."""
+        states, lm_weight = {(): self._lm.start(False)}, self.lm_alpha * math.log(10)
+
+        def state(words: tuple):  # the LM state after `words` (hypotheses share their beginnings)
+            if words not in states:
+                states[words] = self._lm.score(state(words[:-1]), words[-1])[0]
+            return states[words]
+
+        best, best_score = [], -math.inf
+        for r in results:  # in flashlight's order: the first of equal scores wins
+            words = tuple(i for i in r.words if i >= 0)
+            score = r.score - lm_weight * self._lm.finish(state(words))[1]
+            if score > best_score:
+                best, best_score = list(words), score
+        return best
 
     def decode_batch(self, probs_list, threads: int = 1) -> list[str]:
         """Several utterances, each [T_i, C], decoded in `threads` processes; results in input order."""

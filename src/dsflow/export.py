@@ -12,14 +12,20 @@ The exported model is DeepSpeech's streaming graph. The TF SavedModel holds it a
             metadata_language (bytes)
 
 The acoustic signature is the checkpoint's network (dsflow.model) with the LSTM unrolled over n_steps frames and
-its state carried in and out. The TFLite model (--export_tflite) is the same graph in the one-subgraph form that
-DeepSpeech's and Coqui STT's runtimes run (dsflow.tflite: tensors by name, logits squeezed to
-[n_steps, C], metadata as ops), with DeepSpeech's dynamic-range quantization (int8 weights, float activations)
-unless --export_quantize false.
+its state carried in and out. The files DeepSpeech's runtimes run are written as DeepSpeech 0.9.3's export wrote
+them, one kind per export:
+  export_tflite false (DeepSpeech's default): <export_file_name>.pb, the frozen TF1 graph that DeepSpeech's
+    TensorFlow runtime runs, and <export_file_name>.pbmm, its memory-mapped form (what DeepSpeech released);
+    written node by node by dsflow.pbgraph (only ops that runtime has kernels for; the LSTM as one BlockLSTM op);
+  export_tflite true: <export_file_name>.tflite, the same graph in the one-subgraph form that DeepSpeech's and
+    Coqui STT's TFLite runtimes run (dsflow.tflite: tensors by name, logits squeezed to [n_steps, C], metadata as
+    ops), with DeepSpeech's dynamic-range quantization (int8 weights, float activations) unless
+    --export_quantize false.
 
 Output folder (built in a temporary sibling and renamed when complete, so an interrupted export never leaves a
-folder that looks finished): saved_model/, <export_file_name>.tflite (with --export_tflite), metadata.json (the
-metadata above, readable), alphabet.txt and DeepSpeech's model card <author>_<model_name>_<version>.md.
+folder that looks finished): saved_model/ (always, for TensorFlow 2 users), the .pb + .pbmm or the .tflite,
+metadata.json (the metadata above, readable, and which files were written), alphabet.txt and DeepSpeech's model
+card <author>_<model_name>_<version>.md.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from dsflow.log import SHOW, log
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as DeepSpeech's streaming model: TF SavedModel, "
-                                      "TFLite, metadata and model card", description=__doc__)
+                                      "DeepSpeech's .pb/.pbmm or .tflite, metadata and model card", description=__doc__)
     a = p.add_argument
     a("--checkpoint_dir", required=True, help="a checkpoint folder published by `dsflow train`")
     a("--export_dir", required=True, help="output folder (replaced atomically)")
@@ -174,8 +180,8 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
                 "alphabet": net.alphabet, "language": args.export_language}
     module = streaming_module(net, args.n_steps, metadata)
     card = card_name(args)
-    tflite_name = f"{args.export_file_name}.tflite"
-    if args.export_tflite and ("/" in tflite_name or tflite_name.startswith(".")):
+    tflite_name, pb_name = f"{args.export_file_name}.tflite", f"{args.export_file_name}.pb"
+    if "/" in args.export_file_name or args.export_file_name.startswith(".") or not args.export_file_name:
         raise UserError(f"export_file_name={args.export_file_name!r}: must be a plain file name")
     with atomic_dir(export_dir) as tmp:
         signatures = {name: getattr(module, name) for name in SIGNATURES}
@@ -188,6 +194,11 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
             (tmp / tflite_name).write_bytes(flatbuffer)
             log.info("wrote %s (%.1f MB, %s)", tflite_name, len(flatbuffer) / 1e6,
                      "dynamic-range quantized" if args.export_quantize else "float32")
+        else:  # DeepSpeech 0.9.3 wrote the .pb only without --export_tflite
+            from dsflow import pbgraph
+
+            for path in pbgraph.write(tmp, args.export_file_name, pbgraph.graph_def(net, args.n_steps, metadata)):
+                log.info("wrote %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
         info = {
             "version": GRAPH_VERSION, "sample_rate": metadata["sample_rate"],
             "feature_win_len": metadata["feature_win_len"], "feature_win_step": metadata["feature_win_step"],
@@ -195,6 +206,7 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
             "n_steps": args.n_steps, "n_hidden": net.n_hidden, "n_classes": net.n_classes,
             "tflite": tflite_name if args.export_tflite else None, "tflite_quantized": bool(
                 args.export_tflite and args.export_quantize),
+            "pb": None if args.export_tflite else pb_name, "pbmm": None if args.export_tflite else pb_name + "mm",
             "saved_model": SAVED_MODEL, "model_card": card, "checkpoint": str(net.checkpoint),
             "dsflow_version": __version__,
         }

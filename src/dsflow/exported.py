@@ -2,6 +2,7 @@
 
   saved_model/               TF SavedModel with three signatures: `mfcc`, `acoustic`, `metadata` (see dsflow.export)
   <export_file_name>.tflite  with export_tflite: DeepSpeech's own .tflite (its runtimes run it; dsflow.tflite)
+  <export_file_name>.pb/.pbmm without: DeepSpeech's frozen graph and its memory-mapped form (dsflow.pbgraph)
   metadata.json              the metadata, readable; alphabet.txt; the model card <author>_<model>_<version>.md
 """
 
@@ -27,7 +28,7 @@ class ExportedModel:
     def __init__(self, path: str | Path, savedmodel: bool = False, threads: int = 1):
         import tensorflow as tf
 
-        from dsflow import tflite
+        from dsflow import pbgraph, tflite
         from dsflow.mfcc import N_INPUT
         from dsflow.model import N_CONTEXT
 
@@ -40,18 +41,23 @@ class ExportedModel:
                 path = path / SAVED_MODEL
             else:
                 try:
-                    name = json.loads((path / METADATA).read_text(encoding="utf-8"))["tflite"]
+                    info = json.loads((path / METADATA).read_text(encoding="utf-8"))
                 except FileNotFoundError:
                     raise UserError(f"{path}: not an export folder (no {METADATA}); give a .tflite file, a "
                                     "SavedModel folder or a folder written by `dsflow export`") from None
-                if not name:
+                if not info["tflite"]:
+                    hint = f", or give its {info['pbmm']}" if info.get("pbmm") else ""
                     raise UserError(f"{path}: this export has no TFLite model (exported with export_tflite "
-                                    "false); use --savedmodel")
-                path = path / name
+                                    f"false); use --savedmodel{hint}")
+                path = path / info["tflite"]
+        if path.suffix in (".pb", ".pbmm") and path.is_file():
+            self.kind = "pb"
         self.path = path
         try:
             if self.kind == "tflite":  # DeepSpeech's interface: tensors by name (dsflow.tflite)
-                self._tflite = tflite.Model(path, threads)
+                self._file = tflite.Model(path, threads)
+            elif self.kind == "pb":  # DeepSpeech's frozen graph, run by TensorFlow 2 (tf.compat.v1)
+                self._file = pbgraph.Graph(path)
             else:
                 loaded = tf.saved_model.load(str(path))
                 self._keep = loaded  # the signatures need the loaded object alive
@@ -74,15 +80,15 @@ class ExportedModel:
         self.window = self.sample_rate * self.win_len // 1000
         self.stride = self.sample_rate * self.win_step // 1000
         self.n_classes = len(self.alphabet) + 1
-        if self.kind == "tflite" and self._tflite.outputs["logits"]["shape"][-1] != self.n_classes:
-            raise UserError(f"{path}: logits has {self._tflite.outputs['logits']['shape'][-1]} classes, but the "
+        if self.kind == "tflite" and self._file.outputs["logits"]["shape"][-1] != self.n_classes:
+            raise UserError(f"{path}: logits has {self._file.outputs['logits']['shape'][-1]} classes, but the "
                             f"model's alphabet has {len(self.alphabet)} labels + blank")
 
     def run(self, name: str, **inputs) -> dict:
-        """One signature; `acoustic`'s logits as [n_steps, n_classes] from either format (the TFLite file has
-        DeepSpeech's squeezed 2-D logits, the SavedModel the .pb's [n_steps, 1, n_classes])."""
-        if self.kind == "tflite":
-            out = self._tflite.run(name, **inputs)
+        """One signature; `acoustic`'s logits as [n_steps, n_classes] from any format (the TFLite file has
+        DeepSpeech's squeezed 2-D logits, the SavedModel and the .pb [n_steps, 1, n_classes])."""
+        if self.kind in ("tflite", "pb"):
+            out = self._file.run(name, **inputs)
         else:
             out = {k: np.asarray(v.numpy()) for k, v in self._runners[name](**inputs).items()}
         if name == "acoustic":
@@ -90,6 +96,6 @@ class ExportedModel:
         return out
 
     def input_shapes(self, name: str) -> dict:
-        if self.kind == "tflite":
-            return self._tflite.input_shapes()
+        if self.kind in ("tflite", "pb"):
+            return self._file.input_shapes()
         return {k: tuple(v.shape) for k, v in self._runners[name].structured_input_signature[1].items()}

@@ -23,7 +23,8 @@ window, topped up with stale samples) is not turned into an extra frame; so the 
 features exactly and the transcripts equal those of the checkpoint.
 
 Any .tflite file with DeepSpeech's interface is read, also one exported by DeepSpeech 0.9.x or Coqui STT
-(dsflow.tflite.Model); its metadata (sample rate, windows, alphabet, beam width) drives the client.
+(dsflow.tflite.Model); its metadata (sample rate, windows, alphabet, beam width) drives the client. A `.pb` or
+`.pbmm` given as a file is run by TensorFlow 2 (dsflow.pbgraph.Graph; dsflow's own, with export_tflite false).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
                        description=__doc__)
     a = p.add_argument
     a("model", help="an export folder (written by `dsflow export`), a .tflite file (also one exported by "
-                    "DeepSpeech 0.9.x or Coqui STT) or a SavedModel folder")
+                    "DeepSpeech 0.9.x or Coqui STT), an exported .pb/.pbmm file or a SavedModel folder")
     a("audio", nargs="+", help="audio files of any rate / channel count / format that sox reads")
     a("--savedmodel", action="store_true", help="use the export's TF SavedModel instead of its TFLite model")
     a("--threads", type=int, default=1, help="inference threads (default 1)")
@@ -143,7 +144,7 @@ def transcribe(model, audio_path: str | Path, decoder=None) -> str:
 def _main(args) -> int:
     if args.threads < 1:
         raise UserError("--threads must be >= 1")
-    if args.savedmodel:
+    if args.savedmodel or str(args.model).endswith((".pb", ".pbmm")):  # TensorFlow runs the model
         import tensorflow as tf
 
         try:  # before any op runs
