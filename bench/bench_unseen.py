@@ -32,7 +32,9 @@ def main() -> None:
     p.add_argument("--takes", type=int, default=4, help="clips per sentence (the demo's 4)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    cache = Path(args.cache)
+    cache = Path(args.cache).resolve()
+    args.checkpoints = [str(Path(c).resolve()) for c in args.checkpoints]
+    args.scorer = str(Path(args.scorer).resolve()) if args.scorer else ""
     cv, imported, features = cache / "cv" / "en", cache / "import", cache / "features"
     if not (features / "index.csv").exists():
         dsflow("demo-corpus", "--text", "data/text/harvard_sentences.txt", "--out", str(cv), "--takes",
