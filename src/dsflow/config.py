@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from dsflow import UserError, csvfile, flags
-from dsflow.alphabet import Alphabet, AlphabetError
+from dsflow.alphabet import Alphabet, AlphabetError, from_config
 from dsflow.mfcc import window_samples
 
 SPLITS = ("train", "dev", "test")
@@ -172,7 +172,7 @@ def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
 
     path = base / config["scorer_path"]
     try:
-        alphabet = Alphabet.from_file(base / config["alphabet_config_path"])
+        alphabet = from_config(base / config["alphabet_config_path"], config.get("bytes_output_mode", False))
         Decoder(alphabet, 1, path, config["lm_alpha"], config["lm_beta"])
         if config.get("lm_optimize") and scorer.load(path, alphabet).kind != "package":
             return [f"lm_optimize: scorer_path {config['scorer_path']} is not a .scorer package, whose defaults the "
