@@ -187,7 +187,7 @@ class Decoder:
     def decode(self, probs) -> str:
         """One utterance: probabilities [T, C] (only its real frames) -> transcript."""
         if self._utf8 is not None:
-            return self._utf8.decode(probs, self.beam_width, self.cutoff_prob, self.cutoff_top_n)
+            return self._utf8.decode(probs, self.beam_width, self.cutoff_prob, self.cutoff_top_n, self.beam_threshold)
         if self._decoder is None:
             return greedy(probs, len(probs), self.alphabet)
         e = self.emissions(probs)

@@ -14,9 +14,12 @@ path_trie.cpp, scorer.cpp in utf8 mode), per frame:
     lm_alpha * ln P(character | previous characters) + lm_beta (KenLM; a character it does not know: -1000);
   - all prefixes move on (cur -> prev), the best beam_width are kept (score, then label, descending / ascending).
 At the end a prefix that stops inside a character gets lm_alpha * -1000 + lm_beta, the empty one lm_beta (as
-DeepSpeech's decode() scored them); the best prefix's bytes are the text. Differences: a node's LM term is
-computed once and kept (DeepSpeech recomputed the same value each time), and the search runs in Python, about
-1 s per second of audio at beam 1024 on one core (bench it before tuning lm_alpha/lm_beta on hours of audio).
+DeepSpeech's decode() scored them); the best prefix's bytes are the text. Differences: prefixes more than
+`beam_threshold` (dsflow's key, as for the lexicon decoder) behind the best are dropped after each frame
+(DeepSpeech kept beam_width of them; beam_threshold inf does too); a node's LM term is computed once and kept
+(DeepSpeech recomputed the same value); characters of the vocabulary that the LM does not know are left out of
+it (DeepSpeech scored them -1000). It runs in Python: on the 2.6 s test utterance of tests/test_bytes_mode.py,
+beam 1024, about 0.5 s per second of audio with beam_threshold 15 and 3 s without (one core, busy machine).
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ class Utf8Search:
         if not self.index:
             raise UserError(f"scorer_path: {scorer_path}: none of its characters is known to its language model")
         self.prefixes = {w[:n] for w in self.index for n in range(1, len(w) + 1)}
+        self.next_labels: dict[bytes, list[int]] = {}  # partial character -> the labels that may follow it
+        for p in sorted(self.prefixes):
+            self.next_labels.setdefault(p[:-1], []).append(p[-1] - 1)
 
     def _child(self, node: _Node, label: int) -> _Node | None:
         """PathTrie::get_path_trie: the prefix extended by `label`, None where the vocabulary forbids it."""
@@ -118,21 +124,25 @@ class Utf8Search:
         node.children[label] = child
         return child
 
-    def _pruned(self, probs: np.ndarray, cutoff_prob: float, cutoff_top_n: int) -> list[tuple[int, float]]:
-        """DeepSpeech's get_pruned_log_probs for one frame: (label, ln(p + FLT_MIN)) in its order."""
-        order = np.arange(len(probs))
+    def _pruned(self, probs: np.ndarray, cutoff_prob: float, cutoff_top_n: int) -> list[float]:
+        """DeepSpeech's get_pruned_log_probs for one frame: ln(p + FLT_MIN) of the labels it keeps, -inf for the
+        others."""
+        keep = np.arange(len(probs))
         if cutoff_prob < 1.0 or cutoff_top_n < len(probs):
-            order = np.argsort(-probs, kind="stable")
+            keep = np.argsort(-probs, kind="stable")
             n = cutoff_top_n
             if cutoff_prob < 1.0:
-                cum = np.cumsum(probs[order].astype(np.float64))
+                cum = np.cumsum(probs[keep].astype(np.float64))
                 n = min(int(np.searchsorted(cum, cutoff_prob)) + 1, cutoff_top_n)
-            order = order[:n]
-        logs = np.log(probs[order].astype(np.float64) + np.finfo(np.float32).tiny)
-        return list(zip(order.tolist(), logs.tolist()))
+            keep = keep[:n]
+        logs = np.full(len(probs), NEG_INF)
+        logs[keep] = np.log(probs[keep].astype(np.float64) + np.finfo(np.float32).tiny)
+        return logs.tolist()
 
-    def decode(self, probs, beam_width: int = 1024, cutoff_prob: float = 1.0, cutoff_top_n: int = 300) -> str:
-        """One utterance's probabilities [T, 256] -> the text of the best prefix."""
+    def decode(self, probs, beam_width: int = 1024, cutoff_prob: float = 1.0, cutoff_top_n: int = 300,
+               beam_threshold: float = math.inf) -> str:
+        """One utterance's probabilities [T, 256] -> the text of the best prefix. Prefixes more than
+        `beam_threshold` behind the best are dropped after each frame (dsflow's beam_threshold; DeepSpeech: inf)."""
         probs = np.asarray(probs, dtype=np.float32)
         root = _Node(-1, None, b"", self.lm.start(False), 0.0)
         root.score = root.b_prev = 0.0
@@ -143,14 +153,24 @@ class Utf8Search:
             full = len(kept) == beam_width
             blank = float(frame[self.blank])
             min_cutoff = kept[-1].score + (math.log(blank) if blank > 0 else NEG_INF) - max(0.0, self.lm_beta)
-            for label, logp in self._pruned(frame, cutoff_prob, cutoff_top_n):
-                for prefix in kept:
-                    if full and logp + prefix.score < min_cutoff:
-                        break
-                    if prefix.score == NEG_INF:
-                        continue
-                    if label == self.blank:
-                        prefix.b_cur = _lse(prefix.b_cur, logp + prefix.score)
+            logs = self._pruned(frame, cutoff_prob, cutoff_top_n)
+            # DeepSpeech loops over labels, then over the sorted prefixes until ln P(label) + score < min_cutoff.
+            # Here the prefixes are the outer loop and each tries only the labels that can change something (the
+            # blank, its own last label, the bytes its vocabulary state allows): every node receives the same
+            # terms in the same order, so the sums are the same.
+            for prefix in kept:
+                if prefix.score == NEG_INF:
+                    continue
+                floor = min_cutoff - prefix.score if full else NEG_INF
+                logp = logs[self.blank]
+                if logp > NEG_INF and logp >= floor:
+                    prefix.b_cur = _lse(prefix.b_cur, logp + prefix.score)
+                labels = self.next_labels.get(prefix.partial, ())
+                if prefix.label >= 0 and prefix.label not in labels:
+                    labels = (prefix.label, *labels)
+                for label in labels:
+                    logp = logs[label]
+                    if logp == NEG_INF or logp < floor:
                         continue
                     if label == prefix.label:
                         prefix.nb_cur = _lse(prefix.nb_cur, logp + prefix.nb_prev)
@@ -175,9 +195,12 @@ class Utf8Search:
                     node.score = _lse(node.b_prev, node.nb_prev)
                     beam.append(node)
             beam.sort(key=lambda p: (-p.score, p.label))
-            for node in beam[beam_width:]:
+            keep, cut = min(beam_width, len(beam)), beam[0].score - beam_threshold
+            while keep > 1 and beam[keep - 1].score < cut:
+                keep -= 1
+            for node in beam[keep:]:
                 node.remove()
-            beam = beam[:beam_width]
+            beam = beam[:keep]
         best = max(beam, key=lambda p: (self._final_score(p), -p.label))
         return self.alphabet.decode(best.labels())
 
