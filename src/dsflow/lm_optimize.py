@@ -98,8 +98,9 @@ class Trials:
 
 # ---------------------------------------------------------------------------------------------- the search
 
-def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: float, beta_max: float,
-             seed: int, start: tuple[float, float] | None = None, objective: str = "wer") -> "optuna.Study":  # noqa: F821
+def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: float, beta_max: float, seed: int,
+             start: tuple[float, float] | None = None,
+             objective: str = "wer") -> "optuna.Study":  # noqa: F821
     """lm_optimizer.py's study over `sets` (per set, [(wav_filename, transcript)] in cache order) minimizing
     `objective` ("wer", or "cer" for a bytes-mode scorer); `start`, a pair inside the bounds, is the first trial."""
     import optuna

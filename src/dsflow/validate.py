@@ -337,8 +337,8 @@ def add_parser(sub) -> None:
 def _main(args) -> int:
     flags.check(args, "validate")
     validate(
-        args.split, file_list(args.csv), from_config(args.alphabet_config_path, args.bytes_output_mode), args.out_csv, args.rejects,
-        args.summary, args.audio_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
+        args.split, file_list(args.csv), from_config(args.alphabet_config_path, args.bytes_output_mode), args.out_csv,
+        args.rejects, args.summary, args.audio_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
         args.validation_policy, args.normalize_sample_rate, file_list(args.train_csv), args.threads,
     )
     return 0
