@@ -17,8 +17,9 @@ outputs before a job runs), so a killed trainer finds it again:
 
 The published folder (`checkpoint_dir`, built in a temporary sibling and renamed when complete): best_dev-N and
 train-N with their state files `best_dev_checkpoint` and `checkpoint` (tf.train's CheckpointState text, as
-DeepSpeech wrote them), alphabet.txt, flags.json, run.json, metrics.csv and features.json (the features' settings).
-`load_model(checkpoint_dir)` reads it back.
+DeepSpeech wrote them), alphabet.txt (none in bytes_output_mode), flags.json, run.json, metrics.csv and
+features.json (the features' settings). `load_model(checkpoint_dir)` reads it back, with the alphabet that
+flags.json's bytes_output_mode says.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def publish(out: str | Path, saver: Saver, alphabet_path: str | Path, flags: dict, features_meta: str | Path,
+def publish(out: str | Path, saver: Saver, alphabet, flags: dict, features_meta: str | Path,
             rows: list[dict]) -> None:
     """Build the published checkpoint folder `out` atomically (see the module docstring)."""
     out = Path(out)
@@ -232,7 +233,8 @@ def publish(out: str | Path, saver: Saver, alphabet_path: str | Path, flags: dic
             name = Path(prefix).name  # tf.train's CheckpointState text format, as DeepSpeech's state files
             (tmp / state_file).write_text(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n',
                                           encoding="utf-8")
-        shutil.copyfile(alphabet_path, tmp / ALPHABET)
+        if not alphabet.bytes_output_mode:  # the UTF-8 bytes have no alphabet file: flags.json records the mode
+            (tmp / ALPHABET).write_text(alphabet.to_file_text(), encoding="utf-8")
         (tmp / FLAGS).write_text(json.dumps(flags, indent=2) + "\n", encoding="utf-8")
         (tmp / RUN).write_text(json.dumps({**saver.work.ident, "dsflow_version": __version__}, indent=2) + "\n",
                                encoding="utf-8")
@@ -241,12 +243,12 @@ def publish(out: str | Path, saver: Saver, alphabet_path: str | Path, flags: dic
     log.info("published %s", out, extra=SHOW)
 
 
-def _load_deepspeech(checkpoint_dir: Path, which: str, alphabet_path):
+def _load_deepspeech(checkpoint_dir: Path, which: str, alphabet_path, bytes_output_mode: bool = False):
     """A DeepSpeech 0.9.x checkpoint's model: its shapes say n_hidden, the output size and layer_norm."""
     import tensorflow as tf
 
     from dsflow import dscheckpoint, model
-    from dsflow.alphabet import Alphabet
+    from dsflow.alphabet import Alphabet, UTF8Alphabet
 
     prefix = dscheckpoint.find(checkpoint_dir, which)
     if prefix is None:
@@ -255,13 +257,16 @@ def _load_deepspeech(checkpoint_dir: Path, which: str, alphabet_path):
     if "layer_1/weights" not in shapes:
         raise UserError(f"{prefix}: neither a dsflow checkpoint folder (no {FLAGS}) nor a DeepSpeech checkpoint "
                         "(no layer_1/weights)")
-    beside = Path(prefix).parent / ALPHABET
-    alphabet = Alphabet.from_file(beside if beside.is_file() else alphabet_path or "data/alphabet.txt")
+    beside, flags_txt = Path(prefix).parent / ALPHABET, Path(prefix).parent / "flags.txt"
+    if bytes_output_mode or (flags_txt.is_file() and "--bytes_output_mode" in flags_txt.read_text().split()):
+        alphabet = UTF8Alphabet()
+    else:
+        alphabet = Alphabet.from_file(beside if beside.is_file() else alphabet_path or "data/alphabet.txt")
     n_hidden, n_classes = shapes["layer_1/weights"][1], shapes["layer_6/weights"][1]
     if n_classes != len(alphabet) + 1:
         raise UserError(f"{prefix}: its output layer (layer_6/weights {shapes['layer_6/weights']}) has {n_classes} "
                         f"classes, but {alphabet.source} has {len(alphabet)} labels + blank: give the alphabet it was "
-                        "trained with (alphabet_config_path)")
+                        "trained with (alphabet_config_path, or bytes_output_mode for 256 classes)")
     trained_with = {"n_hidden": n_hidden, "layer_norm": "layer_1/LayerNorm/gamma" in shapes, "relu_clip": 20.0,
                     "checkpoint_format": "DeepSpeech 0.9.x"}
     net = model.DeepSpeech(n_hidden, n_classes, trained_with["layer_norm"])
@@ -294,23 +299,26 @@ def features_meta(checkpoint_dir: str | Path) -> dict | None:
                         "not a checkpoint folder written by `dsflow train`") from None
 
 
-def load_model(checkpoint_dir: str | Path, which: str = "auto", alphabet_path: str | Path | None = None):
-    """The model (dsflow.model.DeepSpeech) of a published checkpoint folder, or of a DeepSpeech 0.9.x checkpoint
-    folder (its alphabet.txt, else `alphabet_path`), with its weights.
+def load_model(checkpoint_dir: str | Path, which: str = "auto", alphabet_path: str | Path | None = None,
+               bytes_output_mode: bool = False):
+    """The model (dsflow.model.DeepSpeech) of a published checkpoint folder (its alphabet: UTF-8 bytes if flags.json
+    says bytes_output_mode, else its alphabet.txt), or of a DeepSpeech 0.9.x checkpoint folder (UTF-8 bytes with
+    `bytes_output_mode` or when its flags.txt has --bytes_output_mode, else its alphabet.txt, else
+    `alphabet_path`), with its weights.
 
     which: 'best' (best_dev), 'last' (train), or 'auto' (best, else last; DeepSpeech's load_evaluate).
     The model gets `.alphabet` (Alphabet), `.flags` (the training flags) and `.checkpoint` (the path read).
     """
     import tensorflow as tf
 
-    from dsflow.alphabet import Alphabet
+    from dsflow.alphabet import from_config
     from dsflow.model import DeepSpeech
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / FLAGS).is_file():
-        return _load_deepspeech(checkpoint_dir, which, alphabet_path)
+        return _load_deepspeech(checkpoint_dir, which, alphabet_path, bytes_output_mode)
     trained_with = flags(checkpoint_dir)
-    alphabet = Alphabet.from_file(checkpoint_dir / ALPHABET)
+    alphabet = from_config(checkpoint_dir / ALPHABET, trained_with.get("bytes_output_mode", False))
     if which not in ("auto", "best", "last"):
         raise UserError(f"load_evaluate={which!r}: expected auto, best or last")
     path = None

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from dsflow import UserError, csvfile, flags
-from dsflow.alphabet import Alphabet, AlphabetError
+from dsflow.alphabet import Alphabet, AlphabetError, from_config
 from dsflow.mfcc import window_samples
 
 SPLITS = ("train", "dev", "test")
@@ -175,7 +175,7 @@ def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
 
     path = base / config["scorer_path"]
     try:
-        alphabet = Alphabet.from_file(base / config["alphabet_config_path"])
+        alphabet = from_config(base / config["alphabet_config_path"], config.get("bytes_output_mode", False))
         Decoder(alphabet, 1, path, config["lm_alpha"], config["lm_beta"])
         if config.get("lm_optimize") and scorer.load(path, alphabet).kind != "package":
             return [f"lm_optimize: scorer_path {config['scorer_path']} is not a .scorer package, whose defaults the "
@@ -192,7 +192,6 @@ def check_scorer(config: dict, base: Path = Path(".")) -> list[str]:
 # Every flag of DeepSpeech 0.9.3's util/flags.py that is not a config key of the same name and meaning: how dsflow
 # offers it, or why not. (Every other flag of that file is a key here: "same".)
 NOT_THE_SAME = {
-    "bytes_output_mode": "adapted: a config key when dsflow's bytes mode lands; see the README",
     "cache_for_epochs": "not offered: the features stage is the cache and never goes stale (it re-runs when its CSV, "
                         "audio or settings change); augmentation computes fresh examples every epoch instead",
     "dropout_rate4": "not offered: DeepSpeech fed it but never applied it (slot 4 of its six dropout rates)",

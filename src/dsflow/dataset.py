@@ -178,12 +178,18 @@ def _parse(alphabet: Alphabet):
     """A tf.data map function: serialized Example -> one unbatched item of the dict above."""
     import tensorflow as tf
 
-    # DeepSpeech's Alphabet.Encode looks up each codepoint of the transcript.
-    codes = {ord(label): i for i, label in enumerate(alphabet.labels) if len(label) == 1}
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(list(codes), tf.int32),
-                                            tf.constant(list(codes.values()), tf.int32)),
-        default_value=LABEL_PAD)
+    if alphabet.bytes_output_mode:  # UTF8Alphabet.Encode: byte b -> label b - 1
+        def encode(transcript):
+            return tf.cast(tf.io.decode_raw(transcript, tf.uint8), tf.int32) - 1
+    else:  # DeepSpeech's Alphabet.Encode looks up each codepoint of the transcript.
+        codes = {ord(label): i for i, label in enumerate(alphabet.labels) if len(label) == 1}
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(codes), tf.int32),
+                                                tf.constant(list(codes.values()), tf.int32)),
+            default_value=LABEL_PAD)
+
+        def encode(transcript):
+            return table.lookup(tf.strings.unicode_decode(transcript, "UTF-8"))
     spec = {
         "features": tf.io.FixedLenFeature([], tf.string),
         "n_frames": tf.io.FixedLenFeature([], tf.int64),
@@ -194,7 +200,7 @@ def _parse(alphabet: Alphabet):
     def parse(record):
         ex = tf.io.parse_single_example(record, spec)
         features = tf.reshape(tf.io.decode_raw(ex["features"], tf.float32, little_endian=True), [-1, N_INPUT])
-        labels = table.lookup(tf.strings.unicode_decode(ex["transcript"], "UTF-8"))
+        labels = encode(ex["transcript"])
         return {
             "features": features,
             "feature_lengths": tf.cast(ex["n_frames"], tf.int32),

@@ -32,6 +32,8 @@ alpha/beta in one file; KenLM loads the package file itself, ignoring what follo
 lm_beta left as None take the package's defaults, and for the other kinds DeepSpeech's flag defaults.
 
 Without a scorer, decoding is greedy (DeepSpeech beam-searched without a language model too; see README).
+A bytes_output_mode model (UTF8Alphabet) with its bytes output mode (character-based) scorer is searched by
+dsflow.utf8_search, a port of DeepSpeech's own prefix beam search (the lexicon decoder needs a word-end token).
 
 API for other modules:
     d = Decoder(alphabet, beam_width=1024, scorer_path="lm.scorer", lm_alpha=None, lm_beta=None)
@@ -95,7 +97,7 @@ class Decoder:
         self.beam_threshold, self.smearing = beam_threshold, smearing
         self.scorer_path = str(scorer_path or "")
         self.lm_alpha, self.lm_beta = lm_alpha, lm_beta
-        self._decoder = None
+        self._decoder = self._utf8 = None
         if self.scorer_path:
             self._load_scorer()
             self.set_alpha_beta(self.lm_alpha, self.lm_beta)
@@ -121,6 +123,11 @@ class Decoder:
             self.lm_alpha = found.default_alpha
         if self.lm_beta is None:
             self.lm_beta = found.default_beta
+        if self.alphabet.bytes_output_mode:  # a character-based scorer: DeepSpeech's own search
+            from dsflow.utf8_search import Utf8Search
+
+            self._utf8 = Utf8Search(path, found.words, self.alphabet, self.lm_alpha, self.lm_beta)
+            return
         self.words = ["<unk>"] + found.words
         try:
             self._lm = KenLM(str(path), Dictionary(self.words))
@@ -155,6 +162,9 @@ class Decoder:
         if not self.scorer_path:
             raise ValueError("set_alpha_beta needs a scorer")
         self.lm_alpha, self.lm_beta = float(lm_alpha), float(lm_beta)
+        if self._utf8 is not None:
+            self._utf8.lm_alpha, self._utf8.lm_beta = self.lm_alpha, self.lm_beta
+            return
         options = LexiconDecoderOptions(
             beam_size=self.beam_width, beam_size_token=self.cutoff_top_n, beam_threshold=self.beam_threshold,
             lm_weight=self.lm_alpha * math.log(10), word_score=self.lm_beta, unk_score=float("-inf"),
@@ -184,6 +194,8 @@ class Decoder:
 
     def decode(self, probs) -> str:
         """One utterance: probabilities [T, C] (only its real frames) -> transcript."""
+        if self._utf8 is not None:
+            return self._utf8.decode(probs, self.beam_width, self.cutoff_prob, self.cutoff_top_n, self.beam_threshold)
         if self._decoder is None:
             return greedy(probs, len(probs), self.alphabet)
         e = self.emissions(probs)
@@ -214,11 +226,11 @@ class Decoder:
         """Several utterances, each [T_i, C], decoded in `threads` processes; results in input order."""
         probs_list = list(probs_list)
         threads = max(1, min(threads, len(probs_list), len(os.sched_getaffinity(0))))
-        if self._decoder is None or threads == 1:
+        if not self.scorer_path or threads == 1:
             return [self.decode(p) for p in probs_list]
         # Processes, not threads: the C++ search holds the GIL. "spawn" because the caller may run TensorFlow.
         with ProcessPoolExecutor(threads, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(self.alphabet.labels, self.alphabet.source, self.args)) as pool:
+                                 initargs=(self.alphabet, self.args)) as pool:
             chunk = max(1, len(probs_list) // (threads * 4))
             return list(pool.map(_decode_in_worker, probs_list, chunksize=chunk))
 
@@ -226,9 +238,9 @@ class Decoder:
 _worker: Decoder | None = None
 
 
-def _init_worker(labels, source, args) -> None:
+def _init_worker(alphabet, args) -> None:
     global _worker
-    _worker = Decoder(Alphabet(labels, source), **args)
+    _worker = Decoder(alphabet, **args)
 
 
 def _decode_in_worker(probs) -> str:

@@ -46,7 +46,7 @@ DS_FLAGS = {int: ("epochs", "train_batch_size", "dev_batch_size", "n_hidden", "r
             float: ("dropout_rate", "dropout_rate2", "dropout_rate3", "dropout_rate6", "relu_clip", "beta1", "beta2",
                     "epsilon", "learning_rate", "es_min_delta", "plateau_reduction"),
             bool: ("layer_norm", "automatic_mixed_precision", "early_stop", "reduce_lr_on_plateau",
-                   "force_initialize_learning_rate", "train_cudnn", "load_cudnn"),
+                   "force_initialize_learning_rate", "train_cudnn", "load_cudnn", "bytes_output_mode"),
             str: ("load_train", "load_evaluate")}
 
 
@@ -420,10 +420,11 @@ def export(checkpoint_dir: str | Path, output_dir: str | Path, which: str = "aut
     tf.train.Checkpoint(model=net, optimizer=opt).read(net.checkpoint).expect_partial() \
         .assert_existing_objects_matched()
     best = Path(net.checkpoint).name.startswith("best_dev-")
+    alphabet = Path(checkpoint_dir) / "alphabet.txt"  # none in bytes_output_mode (flags.txt says it)
     with atomic_dir(output_dir) as tmp:
         prefix = write(tmp, net, opt, best_dev=best,
                        state_files=("best_dev_checkpoint", "checkpoint") if best else ("checkpoint",),
-                       alphabet_path=Path(checkpoint_dir) / "alphabet.txt", flags=f)
+                       alphabet_path=alphabet if alphabet.is_file() else None, flags=f)
     return str(Path(output_dir) / Path(prefix).name)
 
 

@@ -6,7 +6,7 @@ Per test set: the per-utterance CTC loss and transcript (DeepSpeech's beam searc
               cer = char_distance / len(src), wer = word_distance / len(src.split()) (uncapped)
   per set     WER = sum(word_distance) / sum(word_length), CER likewise, each capped at 1.0;
               loss = mean of the per-sample losses
-  order       loss descending, then a stable sort by wer ascending
+  order       loss descending, then a stable sort by wer ascending (cer in bytes_output_mode)
   report      `Test on <set> - WER: %f, CER: %f, loss: %f`, then report_count samples each of
               "Best WER:", "Median WER:" (centred on len/2) and "Worst WER:"
 The report goes to the log and, per set, into the Markdown --report; --test_output_file is DeepSpeech's JSON
@@ -47,11 +47,11 @@ def add_parser(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-def sort_samples(samples: list[dict]) -> list[dict]:
+def sort_samples(samples: list[dict], by: str = "wer") -> list[dict]:
     """DeepSpeech's order: loss descending, then a stable sort by WER ascending (best WER first; among equal
-    WERs the highest loss first, which points at transcription errors)."""
+    WERs the highest loss first, which points at transcription errors); by CER in bytes_output_mode."""
     by_loss = sorted(samples, key=lambda s: s["loss"], reverse=True)
-    return sorted(by_loss, key=lambda s: s["wer"])
+    return sorted(by_loss, key=lambda s: s[by])
 
 
 def sections(samples: list[dict], report_count: int) -> dict[str, list[dict]]:
@@ -120,7 +120,8 @@ def evaluate(args) -> list[dict]:
     if not dirs:
         raise UserError("--test_features: no test set given")
     flags.check(args, "evaluate")
-    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path,
+                                 args.bytes_output_mode)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, args.lm_alpha, args.lm_beta, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)
     step = make_step(net)
@@ -131,7 +132,7 @@ def evaluate(args) -> list[dict]:
                              args.reverse_test)
         wer, cer = corpus_rates(samples)
         loss = float(np.mean(np.array([s["loss"] for s in samples], np.float32)))
-        samples = sort_samples(samples)
+        samples = sort_samples(samples, "cer" if net.alphabet.bytes_output_mode else "wer")
         name = dataset.source(d)  # DeepSpeech named the test CSV
         text = report(name, samples, wer, cer, loss, args.report_count)
         for i, line in enumerate(text.rstrip("\n").split("\n")):

@@ -8,8 +8,9 @@ The exported model is DeepSpeech's streaming graph. The TF SavedModel holds it a
   acoustic  input_node f32 [1, n_steps, 19, 26] (context windows), previous_state_c/h f32 [1, n_hidden]
             -> logits f32 [n_steps, 1, C] (softmax probabilities, blank last), new_state_c/h [1, n_hidden]
   metadata  -> metadata_version (6), metadata_sample_rate, metadata_feature_win_len, metadata_feature_win_step,
-            metadata_beam_width (int32), metadata_alphabet (DeepSpeech's serialized alphabet, bytes),
-            metadata_language (bytes)
+            metadata_beam_width (int32), metadata_alphabet (DeepSpeech's serialized alphabet, bytes; in
+            bytes_output_mode its UTF8Alphabet: 255 labels of one byte each, which is all DeepSpeech's runtime
+            needs to output UTF-8), metadata_language (bytes)
 
 The acoustic signature is the checkpoint's network (dsflow.model) with the LSTM unrolled over n_steps frames and
 its state carried in and out. The files DeepSpeech's runtimes run are written as DeepSpeech 0.9.3's export wrote
@@ -24,8 +25,8 @@ them, one kind per export:
 
 Output folder (built in a temporary sibling and renamed when complete, so an interrupted export never leaves a
 folder that looks finished): saved_model/ (always, for TensorFlow 2 users), the .pb + .pbmm or the .tflite,
-metadata.json (the metadata above, readable, and which files were written), alphabet.txt and DeepSpeech's model
-card <author>_<model_name>_<version>.md.
+metadata.json (the metadata above, readable, and which files were written), alphabet.txt (none in
+bytes_output_mode) and DeepSpeech's model card <author>_<model_name>_<version>.md.
 """
 
 from __future__ import annotations
@@ -202,7 +203,9 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
         info = {
             "version": GRAPH_VERSION, "sample_rate": metadata["sample_rate"],
             "feature_win_len": metadata["feature_win_len"], "feature_win_step": metadata["feature_win_step"],
-            "beam_width": args.export_beam_width, "alphabet": net.alphabet.labels, "language": args.export_language,
+            "beam_width": args.export_beam_width, "language": args.export_language,
+            "bytes_output_mode": net.alphabet.bytes_output_mode,
+            "alphabet": None if net.alphabet.bytes_output_mode else net.alphabet.labels,
             "n_steps": args.n_steps, "n_hidden": net.n_hidden, "n_classes": net.n_classes,
             "tflite": tflite_name if args.export_tflite else None, "tflite_quantized": bool(
                 args.export_tflite and args.export_quantize),
@@ -211,7 +214,8 @@ def write_export(net, export_dir, args, features_meta: dict) -> Path:
             "dsflow_version": __version__,
         }
         (tmp / METADATA).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "alphabet.txt").write_text(net.alphabet.to_file_text(), encoding="utf-8")
+        if not net.alphabet.bytes_output_mode:  # the UTF-8 bytes have no alphabet file
+            (tmp / "alphabet.txt").write_text(net.alphabet.to_file_text(), encoding="utf-8")
         (tmp / card).write_text(model_card(args, "tflite" if args.export_tflite else "tensorflow"), encoding="utf-8")
     log.info("Models exported at %s", export_dir, extra=SHOW)
     log.info("Model metadata file saved to %s. Before submitting the exported model for publishing make sure all "
@@ -243,7 +247,8 @@ def export(args) -> Path:
     # a DeepSpeech checkpoint folder does not record its features: the configured ones
     features_meta = checkpoints.features_meta(args.checkpoint_dir) or {
         "sample_rate": args.audio_sample_rate, "win_len_ms": args.feature_win_len, "win_step_ms": args.feature_win_step}
-    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path,
+                                 args.bytes_output_mode)
     if args.export_zip:
         args.export_tflite = True  # DeepSpeech: export_zip exports TFLite
     out = write_export(net, args.export_dir, args, features_meta)

@@ -265,18 +265,18 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    from dsflow.alphabet import Alphabet, AlphabetError
+    from dsflow.alphabet import AlphabetError, from_config
 
     flags.check(args, "import-cv")
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
     alphabet = None
     if args.import_filter_alphabet:
-        if not args.alphabet_config_path:
+        if not args.alphabet_config_path and not args.bytes_output_mode:
             raise UserError("import-cv: give --alphabet_config_path FILE, or --import_filter_alphabet false to keep "
                             "every character")
         try:
-            alphabet = Alphabet.from_file(args.alphabet_config_path)
+            alphabet = from_config(args.alphabet_config_path, args.bytes_output_mode)
         except AlphabetError as e:
             raise UserError(str(e)) from None
     import_cv(args.cv_dir, args.out_dir, args.wav_dir, alphabet, args.import_normalize, args.import_max_secs,

@@ -9,6 +9,10 @@ vocabulary goes to `<output>.words` (one word per line), which the decoder needs
 With `--package`, also DeepSpeech's `.scorer` package (generate_scorer_package: that binary, the default
 alpha/beta and the vocabulary trie in one file; dsflow.scorer writes it), which DeepSpeech's and Coqui STT's
 clients load too.
+With `--bytes_output_mode true`, DeepSpeech's character-based scorer for a bytes output mode model: the text is
+rewritten as its characters with a space between every two (its own spaces dropped, as DeepSpeech's
+documentation builds it: KenLM splits words at whitespace, so the model knows no space), each character is a
+"word", and the package is a bytes output mode (UTF-8) one.
 `lmplz` and `build_binary` are looked up next to the Python interpreter (scripts/setup.sh builds them into
 .venv/bin), then on PATH.
 """
@@ -24,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from dsflow import UserError, csvfile, flags, scorer
-from dsflow.alphabet import Alphabet, AlphabetError
+from dsflow.alphabet import Alphabet, AlphabetError, from_config
 from dsflow.atomic import atomic_path, write_text
 from dsflow.log import SHOW, log
 
@@ -49,7 +53,7 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     build(args.text.split(","), args.alphabet_config_path, args.output, args.lm_order, args.prune, args.memory,
-          args.arpa, args.package, args.default_alpha, args.default_beta)
+          args.arpa, args.package, args.default_alpha, args.default_beta, args.bytes_output_mode)
     return 0
 
 
@@ -98,14 +102,17 @@ def read_sentences(paths: list[str], alphabet: Alphabet) -> list[str]:
 
 def build(paths: list[str], alphabet_path: str, output: str, order: int = 5, prune: str = "0 0 1",
           memory: str = "10%", arpa: str | None = None, package: str | None = None,
-          default_alpha: float = scorer.LM_ALPHA, default_beta: float = scorer.LM_BETA) -> Path:
+          default_alpha: float = scorer.LM_ALPHA, default_beta: float = scorer.LM_BETA,
+          bytes_output_mode: bool = False) -> Path:
     try:
-        alphabet = Alphabet.from_file(alphabet_path)
+        alphabet = from_config(alphabet_path, bytes_output_mode)
     except AlphabetError as e:
         raise UserError(f"alphabet_config_path: {e}") from None
     if order < 1:
         raise UserError("--order must be >= 1")
     sentences = read_sentences(paths, alphabet)
+    if alphabet.bytes_output_mode:  # DeepSpeech's character-based scorer: a "word" per character, no spaces
+        sentences = [" ".join(s.replace(" ", "")) for s in sentences]
     words = Counter(w for s in sentences for w in s.split())
     log.info("language model text: %d sentences, %d words, %d distinct", len(sentences), sum(words.values()),
              len(words))

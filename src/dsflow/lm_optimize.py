@@ -12,10 +12,11 @@ DeepSpeech's evaluate, network included, in every trial); its probabilities are 
 `--threads` decoder processes map, each holding the scorer loaded once, and a trial only sends them the pair.
 The sampler is seeded with `--random_seed` (lm_optimizer's study was not seeded), and the first trial is the
 scorer's own pair (a package's defaults, else DeepSpeech's), so the result is never worse on the dev set than
-what the scorer had. DeepSpeech minimized the CER
-instead for a bytes output mode (UTF-8) scorer; dsflow refuses those scorers (dsflow.scorer), so it is the WER.
+what the scorer had. With a bytes output mode (UTF-8) scorer, which a bytes_output_mode model needs, the CER is
+minimized instead (and reported per set), as lm_optimizer.py did for a character-based scorer.
 
-The result: {"lm_alpha", "lm_beta", "wer", "cer", "best_trial", ...the search's settings..., "trials": [...]};
+The result: {"lm_alpha", "lm_beta", "wer", "cer", "objective" ("wer" or "cer"), "best_trial", ...the search's
+settings..., "trials": [...]};
 `--output_scorer` also writes a copy of a .scorer package with that pair as its default alpha/beta (`dsflow
 scorer-set-defaults --from_json` does it later).
 """
@@ -56,10 +57,8 @@ def add_parser(sub) -> None:
 _worker: dict = {}
 
 
-def _init_worker(labels, source, decoder_args, probs_path, offsets) -> None:
-    from dsflow.alphabet import Alphabet
-
-    _worker["decoder"] = Decoder(Alphabet(labels, source), **decoder_args)
+def _init_worker(alphabet, decoder_args, probs_path, offsets) -> None:
+    _worker["decoder"] = Decoder(alphabet, **decoder_args)
     _worker["probs"] = np.load(probs_path, mmap_mode="r")
     _worker["offsets"] = offsets
 
@@ -81,7 +80,7 @@ class Trials:
         self.threads = max(1, min(threads, len(probs)))
         # Processes, not threads: the C++ search holds the GIL. "spawn": this process runs TensorFlow.
         self.pool = ProcessPoolExecutor(self.threads, mp_context=get_context("spawn"), initializer=_init_worker,
-                                        initargs=(decoder.alphabet.labels, decoder.alphabet.source, decoder.args,
+                                        initargs=(decoder.alphabet, decoder.args,
                                                   str(path), self.offsets))
 
     def decode(self, alpha: float, beta: float, start: int, stop: int) -> list[str]:
@@ -99,10 +98,11 @@ class Trials:
 
 # ---------------------------------------------------------------------------------------------- the search
 
-def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: float, beta_max: float,
-             seed: int, start: tuple[float, float] | None = None) -> "optuna.Study":  # noqa: F821
-    """lm_optimizer.py's study over `sets` (per set, [(wav_filename, transcript)] in cache order); `start`, a
-    pair inside the bounds, is the first trial."""
+def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: float, beta_max: float, seed: int,
+             start: tuple[float, float] | None = None,
+             objective: str = "wer") -> "optuna.Study":  # noqa: F821
+    """lm_optimizer.py's study over `sets` (per set, [(wav_filename, transcript)] in cache order) minimizing
+    `objective` ("wer", or "cer" for a bytes-mode scorer); `start`, a pair inside the bounds, is the first trial."""
     import optuna
 
     from dsflow.wer import corpus_rates, sample_result
@@ -113,7 +113,9 @@ def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: 
         study.enqueue_trial({"lm_alpha": start[0], "lm_beta": start[1]})
     bounds = np.cumsum([0] + [len(s) for s in sets]).tolist()
 
-    def objective(trial) -> float:
+    which = ("wer", "cer").index(objective)
+
+    def minimized(trial) -> float:
         alpha = trial.suggest_float("lm_alpha", 0, alpha_max)
         beta = trial.suggest_float("lm_beta", 0, beta_max)
         samples = []
@@ -121,12 +123,13 @@ def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: 
             texts = trials.decode(alpha, beta, bounds[step], bounds[step + 1])
             current = [sample_result(name, src, res, 0.0) for (name, src), res in zip(rows, texts)]
             samples += current
-            trial.report(corpus_rates(current)[0], step)
+            trial.report(corpus_rates(current)[which], step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
         wer, cer = corpus_rates(samples)
+        trial.set_user_attr("wer", wer)
         trial.set_user_attr("cer", cer)
-        return wer
+        return (wer, cer)[which]
 
     with Progress("lm-optimize", n_trials, "trials", interval=30.0) as progress:
         def done(study, trial) -> None:
@@ -134,26 +137,26 @@ def optimize(trials: Trials, sets: list[list[tuple]], n_trials: int, alpha_max: 
             value = trial.value if trial.value is not None else trial.intermediate_values.get(
                 max(trial.intermediate_values, default=0))
             best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
-            log.info("trial %d/%d: lm_alpha %.4f, lm_beta %.4f: WER %s%s; best WER %s (trial %d)", trial.number + 1,
-                     n_trials, trial.params["lm_alpha"], trial.params["lm_beta"],
+            log.info("trial %d/%d: lm_alpha %.4f, lm_beta %.4f: %s %s%s; best %s (trial %d)", trial.number + 1,
+                     n_trials, trial.params["lm_alpha"], trial.params["lm_beta"], objective.upper(),
                      "?" if value is None else f"{value:.4f}", "" if trial.state.name == "COMPLETE" else " (pruned)",
                      f"{best.value:.4f}" if best else "-", best.number + 1 if best else 0)
 
-        study.optimize(objective, n_trials=n_trials, n_jobs=1, callbacks=[done])
+        study.optimize(minimized, n_trials=n_trials, n_jobs=1, callbacks=[done])
     return study
 
 
-def result(study, args, checkpoint: str) -> dict:
+def result(study, args, checkpoint: str, objective: str = "wer") -> dict:
     best = study.best_trial
     return {
-        "lm_alpha": best.params["lm_alpha"], "lm_beta": best.params["lm_beta"], "wer": best.value,
-        "cer": best.user_attrs["cer"], "objective": "wer", "best_trial": best.number + 1,
+        "lm_alpha": best.params["lm_alpha"], "lm_beta": best.params["lm_beta"], "wer": best.user_attrs["wer"],
+        "cer": best.user_attrs["cer"], "objective": objective, "best_trial": best.number + 1,
         "n_trials": len(study.trials), "lm_alpha_max": args.lm_alpha_max, "lm_beta_max": args.lm_beta_max,
         "random_seed": args.random_seed, "scorer_path": args.scorer_path, "checkpoint": checkpoint,
         "test_features": [d.strip() for d in args.test_features.split(",") if d.strip()],
         "decoder": {k: getattr(args, k) for k in ("beam_width", "cutoff_prob", "cutoff_top_n", "beam_threshold")},
         "trials": [{"number": t.number + 1, "lm_alpha": t.params["lm_alpha"], "lm_beta": t.params["lm_beta"],
-                    "wer": t.value, "cer": t.user_attrs.get("cer"), "state": t.state.name.lower()}
+                    "wer": t.user_attrs.get("wer"), "cer": t.user_attrs.get("cer"), "state": t.state.name.lower()}
                    for t in study.trials],
     }
 
@@ -169,12 +172,14 @@ def _main(args) -> int:
         raise UserError("lm-optimize: --n_trials and --test_batch_size must be >= 1, --lm_alpha_max and "
                         "--lm_beta_max >= 0")
     gpu.init_tensorflow(args.threads)
-    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path)
+    net = checkpoints.load_model(args.checkpoint_dir, args.load_evaluate, args.alphabet_config_path,
+                                 args.bytes_output_mode)
     decoder = Decoder(net.alphabet, args.beam_width, args.scorer_path, None, None, args.cutoff_prob,
                       args.cutoff_top_n, args.beam_threshold)  # the scorer checked before the network runs
     if args.output_scorer and scorer.load(args.scorer_path, net.alphabet).kind != "package":
         raise UserError(f"--output_scorer: {args.scorer_path} is not a .scorer package; build one with "
                         "`dsflow build-lm --package` or `dsflow scorer-package`")
+    objective = "cer" if net.alphabet.bytes_output_mode else "wer"  # lm_optimizer.py: CER for a UTF-8 scorer
     step = make_step(net)
     sets, probs = [], []
     for d in dirs:
@@ -190,15 +195,15 @@ def _main(args) -> int:
         trials = Trials(decoder, probs, Path(tmp), max(1, args.threads))
         try:
             study = optimize(trials, sets, args.n_trials, args.lm_alpha_max, args.lm_beta_max, args.random_seed,
-                             (decoder.lm_alpha, decoder.lm_beta))
+                             (decoder.lm_alpha, decoder.lm_beta), objective)
         finally:
             trials.close()
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         raise UserError("lm-optimize: every trial was pruned; run more trials")
-    best = result(study, args, net.checkpoint)
+    best = result(study, args, net.checkpoint, objective)
     write_text(args.output, json.dumps(best, indent=2) + "\n")
-    print("Best params: lm_alpha={} and lm_beta={} with WER={}".format(best["lm_alpha"], best["lm_beta"],
-                                                                          best["wer"]), flush=True)
+    print("Best params: lm_alpha={} and lm_beta={} with {}={}".format(best["lm_alpha"], best["lm_beta"],
+                                                                       objective.upper(), best[objective]), flush=True)
     log.info("wrote %s", args.output)
     if args.output_scorer:
         scorer.set_defaults(args.scorer_path, best["lm_alpha"], best["lm_beta"], args.output_scorer)

@@ -9,7 +9,11 @@ Owns reading both kinds and writing packages. A scorer is one of
       LM's search data, int32 magic 'TRIE' (bytes "EIRT"), int32 version 6, 1 byte is_utf8_mode, float64
       default alpha, float64 default beta, then the vocabulary trie as an OpenFst ConstFst<StdArc>
       (dsflow.openfst): label = alphabet index + 1, every word followed by the space label; in UTF-8
-      (bytes output) mode the labels are the bytes and no space follows.
+      (bytes output) mode the labels are the bytes (UTF8Alphabet index + 1) and no space follows.
+A bytes output mode scorer (is_utf8_mode) is DeepSpeech's character-based scorer: its "words" are single
+characters (the LM was built from text with a space between every two characters, so it knows no space), the
+decoder scores a character as soon as its last byte is output, and only the vocabulary's characters can be
+output. It is for bytes_output_mode models only, and a character-mode package for alphabet models only.
 The end of the LM's search data is where KenLM's loader stops mapping (lm/binary_format.cc LoadBinary):
 header size + vocabulary size + search size, computed from the header's model type, n-gram counts and the
 quantization / pointer-compression bits stored in the file (`kenlm_end`); KenLM ignores what follows, so the
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsflow import UserError, openfst
+from dsflow import UserError, flags, openfst
 from dsflow.alphabet import Alphabet
 from dsflow.atomic import atomic_path
 
@@ -165,16 +169,24 @@ def read_package(path: str | Path, lm_end: int | None = None) -> Package:
 
 
 def encode_words(words, alphabet: Alphabet) -> list[list[int]]:
-    """Trie label sequences of DeepSpeech's add_word_to_dictionary (character mode): index + 1, then space."""
-    space = alphabet.encode(" ")[0] + 1
-    return [[i + 1 for i in alphabet.encode(w)] + [space] for w in words]
+    """Trie label sequences of DeepSpeech's add_word_to_dictionary: index + 1, then space (character mode); the
+    UTF-8 bytes (= UTF8Alphabet index + 1), no space (bytes output mode)."""
+    end = [] if alphabet.bytes_output_mode else [alphabet.encode(" ")[0] + 1]
+    return [[i + 1 for i in alphabet.encode(w)] + end for w in words]
 
 
 def package_words(package: Package, alphabet: Alphabet) -> list[str]:
-    """The vocabulary of a character-mode package spelled with `alphabet`; ValueError if it does not fit."""
+    """The vocabulary of a package spelled with `alphabet`; ValueError if it does not fit."""
+    if package.utf8 != alphabet.bytes_output_mode:
+        raise ValueError("a bytes output mode (UTF-8) scorer, for models trained with bytes_output_mode; use a "
+                         "scorer built for your alphabet" if package.utf8 else
+                         "a scorer built for an alphabet; a bytes_output_mode model needs a bytes output mode scorer "
+                         "(`dsflow build-lm --bytes_output_mode true --package ...`)")
     if package.utf8:
-        raise ValueError("a bytes output mode (UTF-8) scorer: its vocabulary is bytes, for models trained with "
-                         "bytes_output_mode, which dsflow does not train; use a scorer built for your alphabet")
+        try:
+            return [bytes(path).decode("utf-8") for path in package.trie.paths()]
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"its vocabulary is not UTF-8 bytes ({e})") from None
     labels = alphabet.labels
     space = labels.index(" ") + 1 if " " in labels else None
     words = []
@@ -191,7 +203,8 @@ def package_words(package: Package, alphabet: Alphabet) -> list[str]:
 def write_package(lm_path: str | Path, words, alphabet: Alphabet, package: str | Path,
                   default_alpha: float = LM_ALPHA, default_beta: float = LM_BETA) -> Path:
     """generate_scorer_package: the KenLM binary `lm_path` (built with -v), the header and the vocabulary trie
-    of `words` (those outside the alphabet and <s>, </s>, <unk> are left out, as DeepSpeech did)."""
+    of `words` (those outside the alphabet and <s>, </s>, <unk> are left out, as DeepSpeech did); a bytes output
+    mode package (--force_bytes_output_mode) for a UTF8Alphabet."""
     if " " not in alphabet.labels:
         raise UserError(f"{alphabet.source}: a scorer package needs a space label in the alphabet")
     try:
@@ -205,7 +218,8 @@ def write_package(lm_path: str | Path, words, alphabet: Alphabet, package: str |
     if not kept:
         raise UserError(f"{package}: no word of the vocabulary can be spelled with {alphabet.source}")
     trie = openfst.minimal_acceptor(encode_words(kept, alphabet))
-    header = PACKAGE_HEADER.pack(PACKAGE_MAGIC, PACKAGE_VERSION, 0, default_alpha, default_beta)
+    header = PACKAGE_HEADER.pack(PACKAGE_MAGIC, PACKAGE_VERSION, alphabet.bytes_output_mode, default_alpha,
+                                 default_beta)
     with atomic_path(package) as tmp:
         shutil.copyfile(lm_path, tmp)
         with open(tmp, "ab") as f:
@@ -268,8 +282,9 @@ def arpa_words(path: str | Path) -> list[str]:
 
 def load(path: str | Path, alphabet: Alphabet) -> Scorer:
     """Any kind of scorer's vocabulary (spelled with `alphabet`) and default alpha/beta; UserError naming the
-    file and the reason for a missing, truncated or unreadable one, a bytes-mode package, a package of another
-    version or words outside the alphabet."""
+    file and the reason for a missing, truncated or unreadable one, a package of the other mode (bytes output or
+    alphabet), a package of another version, words outside the alphabet, or (bytes output mode) words longer
+    than one character."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"scorer_path: {path} does not exist")
@@ -304,6 +319,11 @@ def load(path: str | Path, alphabet: Alphabet) -> Scorer:
     if bad:
         raise UserError(f"scorer_path: {path}: {len(bad)} of its words use characters outside the alphabet "
                         f"{alphabet.source}, e.g. {bad[:5]}")
+    long = [w for w in scorer.words if len(w) > 1] if alphabet.bytes_output_mode else []
+    if long:
+        raise UserError(f"scorer_path: {path}: a bytes_output_mode model needs a character-based scorer (every "
+                        f"word one character, DeepSpeech's bytes output mode scorer), but {len(long)} of its words "
+                        f"are longer, e.g. {long[:5]}; build one with `dsflow build-lm --bytes_output_mode true`")
     if not scorer.words:
         raise UserError(f"scorer_path: {path}: the language model has no words")
     return scorer
@@ -322,7 +342,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("scorer-package", help="DeepSpeech's generate_scorer_package: a .scorer package from a "
                                               "KenLM binary (build_binary -v) and a vocabulary", description=__doc__)
     a = p.add_argument
-    a("--alphabet", required=True, help="the model's alphabet (words outside it are left out, as DeepSpeech did)")
+    a("--alphabet", help="the model's alphabet (words outside it are left out, as DeepSpeech did); not used with "
+                         "--bytes_output_mode")
+    a("--bytes_output_mode", nargs="?", const=True, default=False, type=flags.cli_bool, metavar="true|false",
+      help="a bytes output mode (UTF-8, character-based) package for a bytes_output_mode model, as "
+           "generate_scorer_package --force_bytes_output_mode true")
     a("--lm", required=True, help="KenLM binary built with build_binary -v (e.g. `dsflow build-lm` output)")
     a("--vocab", required=True, help="the vocabulary: words separated by whitespace")
     a("--package", required=True, help="the .scorer file to write")
@@ -341,11 +365,13 @@ def add_parser(sub) -> None:
 
 
 def _package(args) -> int:
-    from dsflow.alphabet import AlphabetError
+    from dsflow.alphabet import AlphabetError, from_config
     from dsflow.log import log
 
+    if not args.alphabet and not args.bytes_output_mode:
+        raise UserError("scorer-package: give --alphabet, or --bytes_output_mode true")
     try:
-        alphabet = Alphabet.from_file(args.alphabet)
+        alphabet = from_config(args.alphabet, args.bytes_output_mode)
         words = Path(args.vocab).read_text(encoding="utf-8").split()
     except (AlphabetError, OSError, UnicodeDecodeError) as e:
         raise UserError(f"scorer-package: {e}") from None

@@ -138,11 +138,11 @@ class Trainer:
         import tensorflow as tf
 
         from dsflow import model
-        from dsflow.alphabet import Alphabet, AlphabetError
+        from dsflow.alphabet import AlphabetError, from_config
 
         self.args, self.tf = args, tf
         try:
-            self.alphabet = Alphabet.from_file(args.alphabet_config_path)
+            self.alphabet = from_config(args.alphabet_config_path, args.bytes_output_mode)
         except AlphabetError as e:
             raise UserError(f"alphabet_config_path: {e}") from None
         self.dev_dirs = [d for d in args.dev_features.split(",") if d.strip()]
@@ -282,7 +282,7 @@ class Trainer:
                     self.augmented.close()
         if self.saver.latest("train") is None:
             self._save("train")
-        checkpoints.publish(args.checkpoint_dir, self.saver, args.alphabet_config_path, run_flags(args),
+        checkpoints.publish(args.checkpoint_dir, self.saver, self.alphabet, run_flags(args),
                             Path(args.train_features) / dataset.META, self.rows)
         if args.metrics:
             checkpoints.write_metrics(args.metrics, self.rows)

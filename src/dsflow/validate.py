@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from dsflow import UserError, atomic, csvfile, flags
-from dsflow.alphabet import Alphabet
+from dsflow.alphabet import Alphabet, from_config
 from dsflow.flags import file_list
 from dsflow.audio import PCM16, ConversionError, NotWav, WavInfo, convert, probe
 from dsflow.log import DETAIL, SHOW, Progress, log
@@ -78,7 +78,7 @@ def read_csvs(csvs: list[str]) -> list[Row]:
     return rows
 
 
-def ctc_min_frames(labels: str) -> int:
+def ctc_min_frames(labels) -> int:
     """Frames CTC needs: one per label plus a blank between each pair of repeated labels."""
     return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
 
@@ -142,8 +142,8 @@ def check_transcript(row: Row, alphabet: Alphabet, frames: int | None) -> None:
     missing = alphabet.missing(text)
     if missing:
         row.add("not_in_alphabet", " ".join(f"{c!r} (U+{ord(c):04X})" for c in missing))
-    elif frames is not None and ctc_min_frames(text) > frames:
-        row.add("transcript_too_long", f"{ctc_min_frames(text)} CTC steps needed, {frames} frames")
+    elif frames is not None and ctc_min_frames(alphabet.encode(text)) > frames:
+        row.add("transcript_too_long", f"{ctc_min_frames(alphabet.encode(text))} CTC steps needed, {frames} frames")
 
 
 def changed_codepoints(text: str, normalized: str) -> str:
@@ -337,8 +337,8 @@ def add_parser(sub) -> None:
 def _main(args) -> int:
     flags.check(args, "validate")
     validate(
-        args.split, file_list(args.csv), Alphabet.from_file(args.alphabet_config_path), args.out_csv, args.rejects,
-        args.summary, args.audio_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
+        args.split, file_list(args.csv), from_config(args.alphabet_config_path, args.bytes_output_mode), args.out_csv,
+        args.rejects, args.summary, args.audio_dir, args.audio_sample_rate, args.feature_win_len, args.feature_win_step,
         args.validation_policy, args.normalize_sample_rate, file_list(args.train_csv), args.threads,
     )
     return 0
