@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dsflow import augment  # noqa: E402
 from dsflow.augmented import AugmentedSplit  # noqa: E402
+from common import cpu_line, ldc_clips  # noqa: E402
 
 ALPHABET = ROOT / "data/alphabet.txt"
 TEXT = "she had your dark suit in greasy wash water all year "
@@ -55,32 +55,10 @@ def example(noise_csv) -> list[str]:
             "multiply[p=0.1,domain=features,stddev=0~0.5]"]
 
 
-def cpu_line() -> str:
-    model, flags = "?", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    shown = " ".join(f"{k}={k in flags}" for k in ("avx2", "avx512f", "avx512_vnni", "amx_bf16"))
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"CPU: {model}, {os.cpu_count()} cores; {shown}; load average {load}"
-
-
 def make_corpus(folder: Path, n: int, seed: int = 0):
-    source, rate = sf.read(ROOT / "data/ldc93s1/LDC93S1.wav", dtype="int16")
-    long = np.tile(source, 4)
-    rng = np.random.default_rng(seed)
-    rows = ["wav_filename,wav_filesize,transcript"]
-    for i in range(n):
-        length = int(rng.uniform(1.5, 10.0) * rate)
-        start = int(rng.integers(0, len(long) - length))
-        clip = np.clip(long[start:start + length] + rng.normal(0, 30, length), -32768, 32767).astype(np.int16)
-        path = folder / f"clip{i:05d}.wav"
-        sf.write(path, clip, rate, subtype="PCM_16")
-        text = (TEXT * 10)[:int(length / rate * 12)].strip()
-        rows.append(f"{path.name},{path.stat().st_size},{text}")
+    rows, _ = ldc_clips(folder, n, text=lambda seconds: (TEXT * 10)[:int(seconds * 12)].strip(), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    rate = 16000
     (folder / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     noise = ["wav_filename,wav_filesize,transcript"]
     for i in range(8):

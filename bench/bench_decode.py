@@ -25,7 +25,7 @@ def model_probs(checkpoint: str, features: str, batch_size: int = 16):
     """(softmax probabilities [T, C] per utterance, reference transcripts, alphabet) of a features folder."""
     import numpy as np
 
-    from dsflow import checkpoints, dataset, model
+    from dsflow import checkpoints, dataset
 
     net = checkpoints.load_model(checkpoint, "auto")
     index = dataset.info(features)

@@ -29,6 +29,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.workflow import workdir  # noqa: E402  (the scratch copy the workflow tests use)
+from common import cpu_line  # noqa: E402
 
 SENTENCE = "the birch canoe slid on the smooth planks"
 
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--run-features", action="store_true", help="also time -n after validation and features ran")
     args = ap.parse_args()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    print("CPU:", cpu_flags())
+    print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         wd = workdir(Path(tmp))
         ldc = [f"{s}_files=data/ldc93s1/ldc93s1.csv" for s in ("train", "dev", "test")]
@@ -101,14 +102,6 @@ def main() -> None:
                 print(f"(validation + features of {n} clips ran in {time.perf_counter() - t:.0f} s)")
                 show(f"after: {n} clips, features done", dry_run_seconds(wd, big, args.repeat))
         print("target: <= 3 s for the 100,000-clip dry run")
-
-
-def cpu_flags() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, {' '.join(wanted)}"
 
 
 if __name__ == "__main__":

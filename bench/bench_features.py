@@ -30,21 +30,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dsflow import features as F  # noqa: E402
 from dsflow.mfcc import mfcc  # noqa: E402
+from common import ldc_clips  # noqa: E402
 
 
-def make_clips(folder: Path, n: int, seed: int = 0) -> tuple[Path, float]:
-    source, rate = sf.read(ROOT / "data/ldc93s1/LDC93S1.wav", dtype="int16")
-    long = np.tile(source, 4)
-    rng = np.random.default_rng(seed)
-    rows, total = ["wav_filename,wav_filesize,transcript"], 0.0
-    for i in range(n):
-        length = int(rng.uniform(1.5, 10.0) * rate)
-        start = int(rng.integers(0, len(long) - length))
-        clip = np.clip(long[start:start + length] + rng.normal(0, 30, length), -32768, 32767).astype(np.int16)
-        path = folder / f"clip{i:05d}.wav"
-        sf.write(path, clip, rate, subtype="PCM_16")
-        rows.append(f"{path.name},{path.stat().st_size},she had your dark suit")
-        total += length / rate
+def make_clips(folder: Path, n: int) -> tuple[Path, float]:
+    rows, total = ldc_clips(folder, n)
     csv = folder / "clips.csv"
     csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return csv, total

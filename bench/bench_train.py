@@ -17,16 +17,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+from common import cpu_flags, cpu_line  # noqa: E402
 
 
 def gemm_flops(tf, dtype, n: int = 2048, reps: int = 5) -> float:
@@ -62,10 +53,8 @@ def main() -> None:
     from dsflow import model
     from dsflow.model import step_functions
 
-    flags = cpu_flags()
-    native_bf16 = bool(flags & {"amx_bf16", "avx512_bf16"})
-    print(f"CPU: {os.cpu_count()} cores; amx_bf16={'amx_bf16' in flags} avx512_bf16={'avx512_bf16' in flags} "
-          f"avx512f={'avx512f' in flags}; GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    native_bf16 = bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    print(f"{cpu_line()}; GPUs: {len(tf.config.list_physical_devices('GPU'))}")
 
     frames = int(round(args.seconds * 50))
     rng = np.random.default_rng(0)

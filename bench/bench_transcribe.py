@@ -38,26 +38,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what int8/float kernels use
 
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        return "?"
+from common import cpu_line  # noqa: E402
 
 
 def main() -> None:
@@ -70,9 +52,7 @@ def main() -> None:
     args = p.parse_args()
     if args.cpus:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
-    flags = cpu_flags()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, this process on CPUs {sorted(os.sched_getaffinity(0))}; "
-          + " ".join(f"{f}={f in flags}" for f in FLAGS))
+    print(cpu_line())
 
     import numpy as np
     import soundfile as sf

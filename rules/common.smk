@@ -1,7 +1,7 @@
 # Every global of the workflow, the input functions, and the list of final outputs (final_outputs()).
 import os
 
-import dsflow.augment as dsaugment
+import dsflow.augspec as dsaugspec
 import dsflow.config as dscfg
 import dsflow.deps as dsdeps
 import dsflow.fingerprint as dsfp
@@ -43,7 +43,7 @@ EVALUATE = "test" in SPLITS and bool(
 EXPORT_DIR = (
     config["export_dir"] if MODEL_DIR else ""
 )  # DeepSpeech: empty means no export
-AUGMENT_SOURCES = dsaugment.sources(
+AUGMENT_SOURCES = dsaugspec.sources(
     config["augment"]
 )  # overlay sources: training inputs
 # The decoder's language model: the user's scorer_path, or the package built from the training transcripts; with

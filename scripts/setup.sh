@@ -10,6 +10,7 @@ for pair in sox:sox soxi:sox ffmpeg:ffmpeg espeak-ng:espeak-ng lame:lame; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 dpkg -s libsox-fmt-mp3 >/dev/null 2>&1 || need+=(libsox-fmt-mp3)
+dpkg -s libopus0 >/dev/null 2>&1 || need+=(libopus0)  # the codec augmentation (opuslib loads it)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 # KenLM's lmplz and build_binary (dsflow build-lm) are compiled below; these are their build dependencies.
 if [ ! -x .venv/bin/lmplz ] || [ ! -x .venv/bin/build_binary ]; then

@@ -84,3 +84,33 @@ def ldc16k(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ldc8k(tmp_path_factory):
     return train_ldc93s1(tmp_path_factory.mktemp("ldc8k"), LDC / "LDC93S1_pcms16le_1_8000.wav", 8000)
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tmp_path_factory):
+    """A random n_hidden 24 network (no training) in DeepSpeech's quantized .tflite format."""
+    from dsflow import export, model, tflite
+    from dsflow.alphabet import Alphabet
+
+    net = model.DeepSpeech(24, 29, seed=7)
+    net.alphabet = Alphabet.from_file(DATA / "alphabet.txt")
+    meta = {"sample_rate": 16000, "feature_win_len": 32, "feature_win_step": 20, "beam_width": 77,
+            "alphabet": net.alphabet, "language": "en"}
+    path = tmp_path_factory.mktemp("tiny") / "tiny.tflite"
+    path.write_bytes(tflite.convert(export.streaming_module(net, 16, meta), quantize=True))
+    return path
+
+
+def stream_in_chunks(model, samples) -> tuple[str, list[str]]:
+    """Feeds `samples` to a runtime model's stream in chunks of 7, 160, 333 and 1024 samples in turn; returns the
+    final transcript and the intermediate one after every 40 chunks."""
+    sizes, start, partial = [7, 160, 333, 1024], 0, []
+    with model.stream() as stream:
+        for i in range(10 ** 6):
+            if start >= len(samples):
+                break
+            stream.feed(samples[start:start + sizes[i % 4]])
+            start += sizes[i % 4]
+            if i % 40 == 39:
+                partial.append(stream.intermediate())
+        return stream.finish(), partial

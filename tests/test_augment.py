@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from dsflow import UserError, augment, augmented
-from dsflow.augment import Context, ValueRange, max_dbfs, parse, parse_one
+from dsflow.augment import Context, max_dbfs
+from dsflow.augspec import ValueRange, parse, parse_one
 from dsflow.mfcc import mfcc
 
 ROOT = Path(__file__).resolve().parents[1]

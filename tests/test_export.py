@@ -11,7 +11,7 @@ from dsflow import checkpoints, dataset, export, exported, features, importer, m
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.decode import greedy  # noqa: E402
-from tests.conftest import DATA, ROOT  # noqa: E402
+from tests.conftest import DATA  # noqa: E402
 
 CARD = """---
 author: dsflow-tests

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dsflow.cli import main
-from tests.conftest import DATA, LDC, SENTENCE, SMOKE
+from tests.conftest import SENTENCE, SMOKE
 from tests.workflow import snakemake, workdir
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ from dsflow import UserError, dataset, export, model, pbgraph, runtimes, transcr
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.runtimes import _captured_stderr  # noqa: E402
-from tests.conftest import DATA, LDC, SENTENCE  # noqa: E402
+from tests.conftest import DATA, LDC, SENTENCE, stream_in_chunks  # noqa: E402
 
 
 def _missing() -> str:
@@ -220,21 +220,13 @@ def test_the_tf_runtime_transcribes_ldc93s1_exactly(ldc16k, kind, scorer, reques
 @needs_runtime
 @pytest.mark.parametrize("kind", ["pb", "pbmm"])
 def test_the_tf_runtimes_streaming_api_fed_small_chunks(ldc16k, ldc_scorer, kind):
-    samples, sizes = ldc_samples(), [7, 160, 333, 1024]
+    samples = ldc_samples()
     for scorer in (None, ldc_scorer):
-        start, partial = 0, []
         with runtimes.Runtime.load("deepspeech").model(ldc16k[kind]) as m:
             if scorer:
                 m.enable_scorer(scorer)
-            with m.stream() as stream:
-                for i in range(10 ** 6):
-                    if start >= len(samples):
-                        break
-                    stream.feed(samples[start:start + sizes[i % 4]])
-                    start += sizes[i % 4]
-                    if i % 40 == 39:
-                        partial.append(stream.intermediate())
-                assert stream.finish() == SENTENCE
+            final, partial = stream_in_chunks(m, samples)
+        assert final == SENTENCE
         assert len(partial) == 3 and partial[0] and len(partial[0]) < len(partial[2]) < len(SENTENCE)
 
 

@@ -17,11 +17,9 @@ import soundfile as sf
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import UserError, checkpoints, dataset, export, features, model, runtimes, tflite, transcribe  # noqa: E402
-from dsflow.alphabet import Alphabet  # noqa: E402
+from dsflow import UserError, dataset, runtimes, tflite, transcribe  # noqa: E402
 from dsflow.cli import main  # noqa: E402
-from dsflow.decode import greedy  # noqa: E402
-from tests.conftest import DATA, LDC  # noqa: E402
+from tests.conftest import LDC, stream_in_chunks  # noqa: E402
 
 SENTENCE = "she had your dark suit in greasy wash water all year"
 RUNTIMES = ("deepspeech-tflite", "stt")
@@ -49,18 +47,6 @@ def sox_samples(path, rate, tmp_path) -> np.ndarray:
     return samples
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random n_hidden 24 network in the DeepSpeech-format quantized .tflite (no training)."""
-    net = model.DeepSpeech(24, 29, seed=7)
-    net.alphabet = Alphabet.from_file(DATA / "alphabet.txt")
-    meta = {"sample_rate": 16000, "feature_win_len": 32, "feature_win_step": 20, "beam_width": 77,
-            "alphabet": net.alphabet, "language": "en"}
-    path = tmp_path_factory.mktemp("tiny") / "tiny.tflite"
-    path.write_bytes(tflite.convert(export.streaming_module(net, 16, meta), quantize=True))
-    return path
-
-
 def rewritten(src, dst, change) -> None:
     """`src` with `change(model_object)` applied, written to `dst`."""
     s = tflite._schema()
@@ -72,16 +58,16 @@ def rewritten(src, dst, change) -> None:
 
 # ---------------------------------------------------------------------------------------------- the libraries
 
-def test_both_deepspeech_builds_and_stt_live_in_one_process(tiny):
+def test_both_deepspeech_builds_and_stt_live_in_one_process(tiny_tflite):
     """Each library is loaded RTLD_LOCAL: the TensorFlow build (which reads only .pb/.pbmm) refuses the .tflite
     with its protobuf error, while the TFLite build beside it, and libstt, load it."""
     builds = {name: runtimes.Runtime.load(name) for name in ("deepspeech", "deepspeech-tflite", "stt")}
     assert {n: r.version for n, r in builds.items()} == {"deepspeech": "0.9.3", "deepspeech-tflite": "0.9.3",
                                                          "stt": "1.4.0"}
     with pytest.raises(UserError, match=r"Error reading the proto buffer model file. \(error 0x3005\)"):
-        builds["deepspeech"].model(tiny)
+        builds["deepspeech"].model(tiny_tflite)
     for name in RUNTIMES:
-        with builds[name].model(tiny) as m:
+        with builds[name].model(tiny_tflite) as m:
             assert (m.sample_rate, m.beam_width) == (16000, 77)
             m.set_beam_width(5)
             assert m.beam_width == 5
@@ -94,9 +80,9 @@ def test_a_missing_runtime_says_how_to_get_it(tmp_path, monkeypatch):
     assert str(tmp_path / "stt" / "libstt.so") in str(e.value)
 
 
-def test_a_refused_model_gives_the_runtimes_own_reason(tiny, tmp_path):
+def test_a_refused_model_gives_the_runtimes_own_reason(tiny_tflite, tmp_path):
     """TF 2.21's per-channel hybrid FULLY_CONNECTED (version 12) is what the export must avoid."""
-    rewritten(tiny, tmp_path / "v12.tflite", lambda m: setattr(_code(m, "FULLY_CONNECTED"), "version", 12))
+    rewritten(tiny_tflite, tmp_path / "v12.tflite", lambda m: setattr(_code(m, "FULLY_CONNECTED"), "version", 12))
     for name in RUNTIMES:
         with pytest.raises(UserError) as e:
             runtimes.Runtime.load(name).model(tmp_path / "v12.tflite")
@@ -111,17 +97,17 @@ def _code(m, name):
     return oc
 
 
-def test_the_op_version_table_is_what_both_runtimes_register(tiny, tmp_path):
+def test_the_op_version_table_is_what_both_runtimes_register(tiny_tflite, tmp_path):
     """dsflow.tflite.MAX_VERSIONS: every op the export writes loads at its listed version in both runtimes, and
     one version more is refused by at least one of them (so the table is neither too strict nor too lax)."""
     s = tflite._schema()
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
-    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny.read_bytes(), 0))
+    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny_tflite.read_bytes(), 0))
     used = {names[max(oc.builtinCode, oc.deprecatedBuiltinCode)] for oc in m.operatorCodes} - {"CUSTOM"}
     assert used == set(tflite.MAX_VERSIONS)
 
     def loads(op, version) -> list[bool]:
-        rewritten(tiny, tmp_path / "probe.tflite", lambda m: setattr(_code(m, op), "version", version))
+        rewritten(tiny_tflite, tmp_path / "probe.tflite", lambda m: setattr(_code(m, op), "version", version))
         ok = []
         for name in RUNTIMES:
             try:
@@ -153,16 +139,9 @@ def test_the_runtimes_transcribe_ldc93s1_exactly(ldc16k, runtime, kind, tmp_path
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_the_runtimes_streaming_api_fed_small_chunks(ldc16k, runtime):
     samples = sf.read(LDC / "LDC93S1.wav", dtype="int16")[0]
-    sizes, start, partial = [7, 160, 333, 1024], 0, []
-    with runtimes.Runtime.load(runtime).model(ldc16k["quantized"]) as m, m.stream() as stream:
-        for i in range(10 ** 6):
-            if start >= len(samples):
-                break
-            stream.feed(samples[start:start + sizes[i % 4]])
-            start += sizes[i % 4]
-            if i % 40 == 39:
-                partial.append(stream.intermediate())
-        assert stream.finish() == SENTENCE
+    with runtimes.Runtime.load(runtime).model(ldc16k["quantized"]) as m:
+        final, partial = stream_in_chunks(m, samples)
+    assert final == SENTENCE
     assert len(partial) == 3 and partial[0] and all(SENTENCE.startswith(p) for p in partial)
     assert len(partial[0]) < len(partial[1]) < len(partial[2]) < len(SENTENCE)
 

@@ -5,29 +5,17 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from dsflow import export, model, tflite  # noqa: E402
+from dsflow import tflite  # noqa: E402
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from tests.conftest import DATA, LDC  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random n_hidden 24 network in the DeepSpeech-format quantized .tflite."""
-    net = model.DeepSpeech(24, 29, seed=7)
-    net.alphabet = Alphabet.from_file(DATA / "alphabet.txt")
-    meta = {"sample_rate": 16000, "feature_win_len": 32, "feature_win_step": 20, "beam_width": 77,
-            "alphabet": net.alphabet, "language": "en"}
-    path = tmp_path_factory.mktemp("tiny") / "tiny.tflite"
-    path.write_bytes(tflite.convert(export.streaming_module(net, 16, meta), quantize=True))
-    return path
-
-
-def test_the_file_has_deepspeechs_interface(tiny):
+def test_the_file_has_deepspeechs_interface(tiny_tflite):
     """One subgraph, no signatures, the tensors by name with DeepSpeech's shapes, and every metadata tensor the
     output of its own op at the end of the execution plan (the runtime invokes those ops one by one)."""
     s = tflite._schema()
-    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny.read_bytes(), 0))
+    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny_tflite.read_bytes(), 0))
     assert len(m.subgraphs) == 1 and not m.signatureDefs
     graph = m.subgraphs[0]
     shape = {graph.tensors[i].name.decode(): list(graph.tensors[i].shape) for i in [*graph.inputs, *graph.outputs]}
@@ -39,17 +27,17 @@ def test_the_file_has_deepspeechs_interface(tiny):
     constant = [m.buffers[graph.tensors[i].buffer].data is not None
                 for op in graph.operators[-len(tflite.METADATA):] for i in op.inputs]
     assert constant == [True] * 2 * len(tflite.METADATA)  # inputs of the metadata ops: constants only
-    meta = {k: v.item() for k, v in tflite.Model(tiny).run("metadata").items()}
+    meta = {k: v.item() for k, v in tflite.Model(tiny_tflite).run("metadata").items()}
     assert {k: v for k, v in meta.items() if k != "metadata_alphabet"} == {
         "metadata_version": 6, "metadata_sample_rate": 16000, "metadata_feature_win_len": 32,
         "metadata_feature_win_step": 20, "metadata_beam_width": 77, "metadata_language": b"en"}
     assert meta["metadata_alphabet"] == Alphabet.from_file(DATA / "alphabet.txt").serialize()
 
 
-def test_the_quantized_fully_connected_ops_are_per_tensor_and_symmetric(tiny):
+def test_the_quantized_fully_connected_ops_are_per_tensor_and_symmetric(tiny_tflite):
     """What DeepSpeech 0.9.3's TFLite runs: one weight scale per tensor, symmetric input quantization (v3)."""
     s = tflite._schema()
-    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny.read_bytes(), 0))
+    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(tiny_tflite.read_bytes(), 0))
     graph, hybrid = m.subgraphs[0], 0
     for op in graph.operators:
         code = m.operatorCodes[op.opcodeIndex]

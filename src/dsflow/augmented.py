@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsflow import UserError, augment, dataset
+from dsflow import UserError, augment, augspec, dataset
 from dsflow.mfcc import INT16_MAX, N_INPUT, mfcc, mfcc_of_spectrogram, spectrogram
 
 LABEL_PAD = dataset.LABEL_PAD
@@ -172,7 +172,7 @@ def _init(specs, sample_rate, win_len, win_step, seed, n_clips, epochs, nice) ->
 
 
 def _state(specs, sample_rate, win_len, win_step, seed, n_clips, epochs) -> None:
-    _worker.update(augs=augment.parse(specs, sample_rate, check_sources=False), sample_rate=sample_rate,
+    _worker.update(augs=augspec.parse(specs, sample_rate, check_sources=False), sample_rate=sample_rate,
                    win_len=win_len, win_step=win_step, seed=seed, n_clips=n_clips, epochs=epochs)
 
 
@@ -221,7 +221,7 @@ class AugmentedSplit:
         self.alphabet = alphabet if isinstance(alphabet, Alphabet) else Alphabet.from_file(alphabet)
         self.sample_rate, self.win_len, self.win_step = meta["sample_rate"], meta["win_len_ms"], meta["win_step_ms"]
         self.specs = list(augment_specs or [])
-        self.augmentations = augment.parse(self.specs, self.sample_rate)
+        self.augmentations = augspec.parse(self.specs, self.sample_rate)
         self.paths = list(index["wav_filename"])
         bad = [f"{p}: {self.alphabet.missing(t) or 'empty transcript'}"
                for p, t in zip(self.paths, index["transcript"]) if not t or self.alphabet.missing(t)]

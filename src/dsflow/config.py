@@ -149,10 +149,10 @@ def check(config: dict, base: Path = Path(".")) -> list[str]:
             errors.append(f"{'load_checkpoint_dir' if start else 'checkpoint_dir'}: {start or model!r}, the model to "
                           "evaluate or export, does not exist")
     if config.get("augment"):
-        from dsflow import augment
+        from dsflow import augspec
 
         try:
-            augment.parse(config["augment"], config["audio_sample_rate"])
+            augspec.parse(config["augment"], config["audio_sample_rate"])
         except UserError as e:
             errors.append(f"augment: {e}")
     if config.get("lm_optimize"):

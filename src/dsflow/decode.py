@@ -56,7 +56,6 @@ import numpy as np
 from dsflow import UserError, scorer
 from dsflow.alphabet import Alphabet
 from dsflow.log import log
-from dsflow.scorer import LM_ALPHA, LM_BETA  # noqa: F401  (DeepSpeech's defaults; importers use them from here)
 
 # Hypotheses this far (natural-log units) behind the best are dropped. DeepSpeech has no such cut; on the demo
 # 15 gives the WER of 100 (within 0.001) at a seventh of the time (bench/bench_decode.py).

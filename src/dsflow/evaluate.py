@@ -114,7 +114,7 @@ def decode_set(net, features_dir: str, batch_size: int, step, decoder=None, thre
 def evaluate(args) -> list[dict]:
     import numpy as np
 
-    from dsflow import checkpoints, dataset, model
+    from dsflow import checkpoints, dataset
 
     dirs = [d.strip() for d in args.test_features.split(",") if d.strip()]
     if not dirs:

@@ -32,7 +32,6 @@ bytes_output_mode) and DeepSpeech's model card <author>_<model_name>_<version>.m
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 from dsflow import UserError, __version__, flags
