@@ -21,8 +21,11 @@ REQUIRED = ("wav_filename", "transcript")
 
 def resolve(csv_path: str | Path, wav_filename: str) -> str:
     """A `wav_filename` of the CSV at `csv_path` as a path (relative ones against the CSV's folder; "" stays "")."""
-    base = os.path.dirname(os.path.abspath(csv_path))
-    return os.path.normpath(os.path.join(base, wav_filename)) if wav_filename else ""
+    return _resolve(os.path.dirname(os.path.abspath(csv_path)), wav_filename)
+
+
+def _resolve(folder: str, wav_filename: str) -> str:
+    return os.path.normpath(os.path.join(folder, wav_filename)) if wav_filename else ""
 
 
 def _missing_columns(path, found: list[str], columns: tuple[str, ...]) -> None:
@@ -47,8 +50,9 @@ def audio_paths(path: str | Path) -> list[str]:
     """The audio files a CSV lists, resolved, in its order; with the standard library only (Snakemake calls this
     when it builds the DAG, where importing pandas would cost more than reading the file)."""
     check_header(path)
+    folder = os.path.dirname(os.path.abspath(path))
     with open(path, newline="", encoding="utf-8") as f:
-        return [resolve(path, row.get("wav_filename") or "") for row in csv.DictReader(f)]
+        return [_resolve(folder, row.get("wav_filename") or "") for row in csv.DictReader(f)]
 
 
 def read(path: str | Path, columns: tuple[str, ...] = REQUIRED):
@@ -70,7 +74,8 @@ def read(path: str | Path, columns: tuple[str, ...] = REQUIRED):
         frame["wav_filesize"] = ""
     frame["row"] = range(1, len(frame) + 1)
     if "wav_filename" in frame.columns:
-        frame["path"] = [resolve(path, w) for w in frame["wav_filename"]]
+        folder = os.path.dirname(os.path.abspath(path))
+        frame["path"] = [_resolve(folder, w) for w in frame["wav_filename"]]
     return frame
 
 

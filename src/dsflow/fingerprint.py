@@ -80,7 +80,9 @@ def _fingerprint(paths: list[str], what: str, cache: Path) -> str:
     key = (tuple(paths), str(cache))
     if key in _memo:
         return _memo[key]
-    store = _caches.setdefault(Path(cache), Cache(Path(cache)))
+    if Path(cache) not in _caches:
+        _caches[Path(cache)] = Cache(Path(cache))
+    store = _caches[Path(cache)]
     digest = hashlib.sha256()
     start = shown = time.monotonic()
     for i, path in enumerate(paths):
