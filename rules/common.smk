@@ -4,6 +4,7 @@ import os
 import dsflow.augspec as dsaugspec
 import dsflow.config as dscfg
 import dsflow.deps as dsdeps
+import dsflow.distribute as dsdist
 import dsflow.fingerprint as dsfp
 import dsflow.flags as dsflags
 from snakemake.exceptions import WorkflowError

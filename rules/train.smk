@@ -29,8 +29,8 @@ if TRAIN:
             config["container_image_gpu"]
         threads: 8
         resources:
-            gpu=1,
-            gpu_model=config["gpu_model"],
+            # train_gpus GPUs; with train_nodes > 1 that many per node, one task each (dsflow.distribute)
+            **dsdist.rule_resources(config),
         params:
             # Snakemake deletes a job's outputs before it runs: the resumable state must not be one.
             # dsflow train keeps it in a subfolder named by the run's identity (model, data, settings).
@@ -40,8 +40,12 @@ if TRAIN:
             flags=dsflags.render("train", config),
             overlay_audio=lambda w: augment_fingerprint(),
             start=lambda w: dsfp.of_checkpoint(START) if START else "",
+            # several tasks (train_nodes > 1): srun starts them, one per node
+            launch=lambda wildcards, resources, threads: dsdist.launcher(
+                resources, threads
+            ),
         shell:
-            "dsflow --log {log} train {params.flags} --train_features {input.train} --dev_features={params.dev}"
+            "{params.launch}dsflow --log {log} train {params.flags} --train_features {input.train} --dev_features={params.dev}"
             " --metrics_features={params.metrics}"
             " --alphabet_config_path {input.alphabet:q} --checkpoint_dir {output:q} --work_dir {params.work}"
             " --threads {threads}"

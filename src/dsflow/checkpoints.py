@@ -126,15 +126,15 @@ class Work:
 
 
 class Saver:
-    """The train-N and best_dev-N checkpoints of a state folder, of one tf.train.Checkpoint (model, optimizer and
-    the trainer's state as a JSON string)."""
+    """The train-N and best_dev-N checkpoints of a state folder, of one tf.train.Checkpoint (model, optimizer,
+    the trainer's state as a JSON string, and `extra` objects: float16's loss scale)."""
 
-    def __init__(self, work: Work, net, optimizer, max_to_keep: int):
+    def __init__(self, work: Work, net, optimizer, max_to_keep: int, **extra):
         import tensorflow as tf
 
         self.tf, self.work, self.net, self.optimizer = tf, work, net, optimizer
         self.state = tf.Variable("{}", dtype=tf.string, trainable=False, name="state")
-        self.checkpoint = tf.train.Checkpoint(model=net, optimizer=optimizer, state=self.state)
+        self.checkpoint = tf.train.Checkpoint(model=net, optimizer=optimizer, state=self.state, **extra)
         self.managers = {"train": tf.train.CheckpointManager(self.checkpoint, str(work.ckpt_dir), max_to_keep,
                                                              checkpoint_name="train"),
                          "best_dev": tf.train.CheckpointManager(self.checkpoint, str(work.best_dir), 1,

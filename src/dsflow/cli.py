@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         # `--cores 8` on a smaller machine would otherwise oversubscribe TensorFlow's and our pools.
         args.threads = min(args.threads, len(os.sched_getaffinity(0)))
-    with dslog.job_output(args.log, args.command):
+    # A multi-worker training's other workers (dsflow.distribute) each log to FILE.workerN.
+    with dslog.job_output(dslog.worker_logfile(args.log) if args.command == "train" else args.log, args.command):
         if args.log:  # a workflow job: its command line heads its log
             dslog.log.info("dsflow %s", shlex.join(argv))
         try:
-            gpu.prepare(args.command)  # before TensorFlow is imported: which GPU (if any) this job may use
+            # before TensorFlow is imported: which GPUs (if any) this job may use
+            gpu.prepare(args.command, getattr(args, "train_gpus", 1))
             return args.func(args)
         except UserError as e:
             dslog.log.error("%s", e)

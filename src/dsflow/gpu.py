@@ -4,9 +4,10 @@ Snakemake's `gpu` resource caps how many GPU jobs run at once (`--resources gpu=
 device a job gets, and TensorFlow maps every visible GPU and reserves nearly all of its memory. So, before
 TensorFlow is imported, `prepare(command)` (called by the CLI for every command):
   - sets TF_FORCE_GPU_ALLOW_GROWTH=true (unless set): TensorFlow takes GPU memory as it needs it;
-  - for a GPU command (train, evaluate, export, lm-optimize) on a machine with several GPUs, claims a free one with a lock
-    file (DSFLOW_GPU_LOCK_DIR, default $TMPDIR/dsflow-gpu-locks/gpu-N.lock, held until the process exits,
-    whatever kills it) and sets CUDA_VISIBLE_DEVICES to it; if all are taken it waits for one. A
+  - for a GPU command (train, evaluate, export, lm-optimize) on a machine with several GPUs, claims a free one (train:
+    `train_gpus` of them) with a lock file each (DSFLOW_GPU_LOCK_DIR, default $TMPDIR/dsflow-gpu-locks/gpu-N.lock,
+    held until the process exits, whatever kills it) and sets CUDA_VISIBLE_DEVICES to them; if too few are free it
+    waits. A
     CUDA_VISIBLE_DEVICES that is already set (by you, or by SLURM for a job's allocation) is left alone, and
     so is a job under SLURM (SLURM_JOB_ID): its allocation decides.
 The CPU stages (validate, features, ...) never import TensorFlow, so they cannot take GPU memory.
@@ -58,8 +59,9 @@ def _try_lock(path: Path):
     return f
 
 
-def claim_device(poll_seconds: float = 1.0) -> str | None:
-    """Claim a free GPU of a multi-GPU machine for this process (CUDA_VISIBLE_DEVICES); None: left as it was."""
+def claim_device(poll_seconds: float = 1.0, count: int = 1) -> str | None:
+    """Claim `count` free GPUs of a multi-GPU machine for this process (CUDA_VISIBLE_DEVICES); None: left as it
+    was."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         log.info("GPU: CUDA_VISIBLE_DEVICES=%r was set for this job; using it", os.environ["CUDA_VISIBLE_DEVICES"])
         return None
@@ -68,31 +70,43 @@ def claim_device(poll_seconds: float = 1.0) -> str | None:
     n = gpu_count()
     if n < 2:
         return None
+    if count > n:
+        log.warning("GPU: %d GPUs asked for, this machine has %d: claiming them all", count, n)
+        count = n
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
     waited = time.monotonic()
     warned = False
     while True:
+        got = []
         for i in range(n):
             f = _try_lock(folder / f"gpu-{i}.lock")
             if f:
-                _held.append(f)
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
-                log.info("GPU: device %d of %d claimed (lock %s%s)", i, n, f.name,
-                         f", after waiting {time.monotonic() - waited:.0f} s" if warned else "")
-                return str(i)
+                got.append((i, f))
+                if len(got) == count:
+                    _held.extend(f for _, f in got)
+                    devices = ",".join(str(i) for i, _ in got)
+                    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+                    log.info("GPU: device%s %s of %d claimed (lock%s %s%s)", "s" if count > 1 else "", devices, n,
+                             "s" if count > 1 else "", ", ".join(f.name for _, f in got),
+                             f", after waiting {time.monotonic() - waited:.0f} s" if warned else "")
+                    return devices
+        for _, f in got:  # too few free: none held while waiting
+            f.close()
         if not warned:
-            log.warning("GPU: all %d GPUs are held by other jobs (locks in %s); waiting for one to be free "
-                        "(is --resources gpu=N larger than the number of GPUs?)", n, folder)
+            log.warning("GPU: %s held by other jobs (locks in %s); waiting for %s to be free "
+                        "(is --resources gpu=N larger than the number of GPUs?)",
+                        f"all {n} GPUs are" if count == 1 else f"{n - len(got)} of {n} GPUs are", folder,
+                        "one" if count == 1 else f"{count}")
             warned = True
         time.sleep(poll_seconds)
 
 
-def prepare(command: str) -> None:
-    """Set up this process's devices for `command` (before TensorFlow is imported)."""
+def prepare(command: str, gpus: int = 1) -> None:
+    """Set up this process's devices for `command` (before TensorFlow is imported): `gpus` of them."""
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     if command in GPU_COMMANDS:
-        claim_device()
+        claim_device(count=gpus)
 
 
 def init_tensorflow(threads: int):

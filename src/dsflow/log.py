@@ -50,6 +50,25 @@ def setup(logfile: str | None = None, level: int | None = None, console=None, co
     log.propagate = False
 
 
+def worker_logfile(logfile: str | None, env=os.environ) -> str | None:
+    """The log of a multi-worker training's process (dsflow.distribute): `logfile` for the chief (worker 0),
+    `logfile.workerN` for worker N, N from TF_CONFIG (its `chief` task first) or the task of a SLURM step."""
+    import json
+
+    index = 0
+    try:
+        if env.get("TF_CONFIG"):
+            spec = json.loads(env["TF_CONFIG"])
+            task = spec.get("task", {})
+            if task.get("type") == "worker":
+                index = int(task.get("index", 0)) + (1 if spec.get("cluster", {}).get("chief") else 0)
+        elif int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1) > 1:
+            index = int(env.get("SLURM_PROCID") or 0)
+    except (ValueError, AttributeError, TypeError):
+        index = 0  # the trainer reports a bad TF_CONFIG itself
+    return f"{logfile}.worker{index}" if logfile and index else logfile
+
+
 @contextlib.contextmanager
 def job_output(logfile: str | None, command: str = ""):
     """Set up the log for one command (see the module docstring); with a logfile, the process's stderr goes to it

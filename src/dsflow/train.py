@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from dsflow import UserError, checkpoints, dataset, flags, gpu
+from dsflow import UserError, checkpoints, dataset, distribute, flags, gpu
 from dsflow.log import SHOW, Progress, log
 from dsflow.schedule import Schedule
 
@@ -36,7 +36,7 @@ from dsflow.schedule import Schedule
 NOT_IDENTITY = {"epochs", "checkpoint_secs", "max_to_keep", "load_train", "force_initialize_learning_rate", "threads",
                 "metrics", "summary_dir", "train_features", "dev_features", "alphabet_config_path", "checkpoint_dir",
                 "work_dir", "load_checkpoint_dir", "augment_workers", "train_cudnn", "metrics_features",
-                "skip_batch_test"}
+                "skip_batch_test", "train_gpus", "train_nodes"}  # the devices: `replicas` of the identity instead
 
 
 def add_parser(sub) -> None:
@@ -82,8 +82,10 @@ def start_checkpoint(args) -> str | None:
     return dscheckpoint.find(args.load_checkpoint_dir, args.load_train, training=False)
 
 
-def identity(args, alphabet, dev_dirs: list[str], start: str | None = None) -> dict:
-    """What a state folder belongs to (see the module docstring)."""
+def identity(args, alphabet, dev_dirs: list[str], start: str | None = None, replicas: int = 1,
+             precision: str = "") -> dict:
+    """What a state folder belongs to (see the module docstring); the number of devices (replicas, the batch of a
+    step) and float16 are part of it when they apply."""
     from dsflow import dscheckpoint
     from dsflow.model import N_CONTEXT, N_INPUT
 
@@ -95,7 +97,8 @@ def identity(args, alphabet, dev_dirs: list[str], start: str | None = None) -> d
             "data": {"train": content(args.train_features), "dev": [content(d) for d in dev_dirs]},
             "start": dscheckpoint.fingerprint(start) if start else "a fresh model",
             "settings": {k: v for k, v in run_flags(args).items() if k not in NOT_IDENTITY and k not in
-                         ("n_hidden", "layer_norm")}}
+                         ("n_hidden", "layer_norm")},
+            **({"replicas": replicas} if replicas > 1 else {}), **({"precision": precision} if precision else {})}
 
 
 @dataclass
@@ -141,13 +144,18 @@ class Trainer:
         from dsflow.alphabet import AlphabetError, from_config
 
         self.args, self.tf = args, tf
+        self.replicas = distribute.Replicas.for_training(args.train_gpus)  # before any TensorFlow op
+        dtype = self.replicas.compute_dtype(args.automatic_mixed_precision)
         try:
             self.alphabet = from_config(args.alphabet_config_path, args.bytes_output_mode)
         except AlphabetError as e:
             raise UserError(f"alphabet_config_path: {e}") from None
         self.dev_dirs = [d for d in args.dev_features.split(",") if d.strip()]
         self.start = start_checkpoint(args)
-        self.work = checkpoints.Work(args.work_dir, identity(args, self.alphabet, self.dev_dirs, self.start))
+        ident = identity(args, self.alphabet, self.dev_dirs, self.start, self.replicas.n,
+                         "float16" if dtype == tf.float16 else "")
+        work_dir = self.replicas.work_dir(args.work_dir, checkpoints.work_name(ident), args.load_train == "init")
+        self.work = checkpoints.Work(work_dir, ident)
         log.info("training state: %s", self.work.path)
         if args.train_cudnn:
             log.info("train_cudnn: dsflow has one LSTM (DeepSpeech's arithmetic, on any device); nothing changes")
@@ -155,11 +163,12 @@ class Trainer:
         # data: built once, iterated every epoch (no shuffling in DeepSpeech: each epoch has the same order)
         info = dataset.rows(args.train_features, args.limit_train)
         self.durations = dict(zip(info["wav_filename"], info["duration"]))
-        self.n_batches = len(info) // args.train_batch_size
+        self.n_batches = len(info) // args.train_batch_size // self.replicas.n  # steps: a batch per device each
         if self.n_batches == 0:
+            devices = f" x {self.replicas.n} devices" if self.replicas.n > 1 else ""
             raise UserError(f"{args.train_features}: {len(info)} utterances, fewer than train_batch_size "
-                            f"{args.train_batch_size}; the last partial batch is dropped (DeepSpeech), so an epoch "
-                            "would be empty")
+                            f"{args.train_batch_size}{devices}; the last partial batch is dropped (DeepSpeech), so an "
+                            "epoch would be empty")
         self.train_data = dataset.load(args.train_features, self.alphabet, args.train_batch_size, train=True,
                                        limit=args.limit_train, reverse=args.reverse_train)
         self.augmented = None  # with augment: fresh augmented batches every epoch instead of the cached features
@@ -181,17 +190,19 @@ class Trainer:
 
         # model, optimizer, checkpoints, steps
         tf.random.set_seed(args.random_seed)
-        dtype = tf.bfloat16 if args.automatic_mixed_precision else tf.float32
-        if args.automatic_mixed_precision and not tf.config.list_physical_devices("GPU") and not _native_bf16():
+        if dtype == tf.bfloat16 and not tf.config.list_physical_devices("GPU") and not _native_bf16():
             log.warning("automatic_mixed_precision: this CPU has no native bfloat16 (amx_bf16/avx512_bf16), "
                         "so it is not faster here (bench/bench_train.py measured 0.9x of float32)")
-        self.net = model.DeepSpeech(args.n_hidden, len(self.alphabet) + 1, args.layer_norm, args.relu_clip,
-                                    seed=args.random_seed)
-        self.opt = model.adam(args.learning_rate, args.beta1, args.beta2, args.epsilon)
-        self.opt.build(self.net.trainable_variables)
-        self.saver = checkpoints.Saver(self.work, self.net, self.opt, args.max_to_keep)
+        with self.replicas.scope():  # the variables: on every device
+            self.net = model.DeepSpeech(args.n_hidden, len(self.alphabet) + 1, args.layer_norm, args.relu_clip,
+                                        seed=args.random_seed)
+            self.opt = model.adam(args.learning_rate, args.beta1, args.beta2, args.epsilon)
+            self.opt.build(self.net.trainable_variables)
+        self.extra = self.replicas.loss_scale(dtype)  # float16's loss scale, saved with the checkpoints
+        self.saver = checkpoints.Saver(self.work, self.net, self.opt, args.max_to_keep, **self.extra)
         rates = model.dropout_rates(args.dropout_rate, args.dropout_rate2, args.dropout_rate3, args.dropout_rate6)
-        self.gradients, self.apply, self.evaluate = model.step_functions(self.net, self.opt, rates, dtype)
+        self.gradients, self.apply, self.evaluate = self.replicas.step_functions(
+            self.net, self.opt, rates, dtype, self.extra.get("loss_scale"))
         self.schedule = Schedule(args.early_stop, args.es_epochs, args.es_min_delta, args.reduce_lr_on_plateau,
                                  args.plateau_epochs, args.plateau_reduction)
         summaries = Path(args.summary_dir) if args.summary_dir else self.work.path / "summaries"
@@ -220,7 +231,7 @@ class Trainer:
             if self.saver.latest("train") or self.saver.latest("best_dev"):
                 log.warning("load_train init: discarding the training state in %s", self.work.path)
             self.work.discard()
-            self.saver = checkpoints.Saver(self.work, self.net, self.opt, self.args.max_to_keep)
+            self.saver = checkpoints.Saver(self.work, self.net, self.opt, self.args.max_to_keep, **self.extra)
             return None
         which = "best_dev" if load == "best" else "train"
         path, state = self.saver.restore(which)
@@ -282,10 +293,11 @@ class Trainer:
                     self.augmented.close()
         if self.saver.latest("train") is None:
             self._save("train")
-        checkpoints.publish(args.checkpoint_dir, self.saver, self.alphabet, run_flags(args),
-                            Path(args.train_features) / dataset.META, self.rows)
-        if args.metrics:
-            checkpoints.write_metrics(args.metrics, self.rows)
+        if self.replicas.chief:  # the one writer of the outputs
+            checkpoints.publish(args.checkpoint_dir, self.saver, self.alphabet, run_flags(args),
+                                Path(args.train_features) / dataset.META, self.rows)
+            if args.metrics:
+                checkpoints.write_metrics(args.metrics, self.rows)
         log.info("FINISHED optimization in %s", timedelta(seconds=round(time.monotonic() - started)), extra=SHOW)
         return 0
 
@@ -317,15 +329,16 @@ class Trainer:
         args, tf = self.args, self.tf
         t0 = time.monotonic()
         batch = dataset.longest_batch(args.train_features, self.alphabet, args.train_batch_size, args.limit_train)
-        try:
-            losses, _ = self.gradients(*_inputs(batch), tf.constant([args.random_seed, -1], tf.int64))
+        try:  # on every device
+            losses, _, _ = self.gradients([batch] * self.replicas.n, tf.constant([args.random_seed, -1], tf.int64),
+                                          False)
         except tf.errors.ResourceExhaustedError as e:
             raise UserError(f"out of memory on the longest training batch ({batch['features'].shape[0]} utterances "
                             f"of up to {batch['features'].shape[1]} frames): lower train_batch_size ({e.message})"
                             ) from None
         log.info("longest batch (%d utterances, %d frames) fits: one step in %.1f s, loss %.3f (update not applied)",
                  batch["features"].shape[0], batch["features"].shape[1], time.monotonic() - t0,
-                 float(losses.numpy().mean()))
+                 float(losses.mean()))
 
     def train_epoch(self) -> bool:
         """The batches of the current epoch from the saved step on. False if a signal stopped it."""
@@ -336,25 +349,25 @@ class Trainer:
             return True
         log.info("Training epoch %d%s...", st.epoch, f" from step {st.step}" if st.step else "")
         if self.augmented:
-            data = self.augmented.tensors(st.epoch, st.step)
+            data = self.augmented.tensors(st.epoch, st.step * self.replicas.n)
         else:
-            data = self.train_data.skip(st.step) if st.step else self.train_data
+            data = self.train_data.skip(st.step * self.replicas.n) if st.step else self.train_data
         with Progress(f"Epoch {st.epoch} | Training", self.n_batches - st.step, "batches") as progress:
             t = time.monotonic()
-            for batch in data:
+            for group in self.replicas.groups(data):  # one batch per device
                 seed = tf.constant([args.random_seed, st.global_step], tf.int64)  # the dropout masks
-                losses, grads = self.gradients(*_inputs(batch), seed)
-                losses = losses.numpy()
+                losses, grads, stop = self.gradients(group, seed, self.signal is not None)
+                names = [n for batch in group for n in _names(batch)]
                 if np.isfinite(losses).all():
                     self.apply(grads)
                     st.loss_sum += float(losses.mean())
                     st.loss_batches += 1
                 else:
-                    bad = [n for n, v in zip(_names(batch), losses) if not np.isfinite(v)]
+                    bad = [n for n, v in zip(names, losses) if not np.isfinite(v)]
                     log.error("The following files caused an infinite (or NaN) loss: %s (update skipped)",
                               ",".join(bad))
                     st.skipped_batches += 1
-                st.audio_seconds += float(sum(self.durations.get(n, 0.0) for n in _names(batch)))
+                st.audio_seconds += float(sum(self.durations.get(n, 0.0) for n in names))
                 st.step += 1
                 st.global_step += 1
                 now = time.monotonic()
@@ -364,10 +377,14 @@ class Trainer:
                     _scalar(tf, "step_loss", float(losses.mean()), st.global_step)
                 progress.what = f"Epoch {st.epoch} | Training | loss {st.loss_sum / max(st.loss_batches, 1):.3f}"
                 progress.update()
-                if self.signal is not None:
+                if self.replicas.workers > 1 and stop and self.signal is None:
+                    log.warning("another worker was stopped: saving the state after this batch, then stopping")
+                    self.signal = signal.SIGTERM
+                if self.signal is not None and (stop or self.replicas.workers == 1):  # all workers after one step
                     return False
-                # timed saves within the epoch (its end saves anyway)
-                if 0 < args.checkpoint_secs <= now - self.last_save and st.step < self.n_batches:
+                # timed saves within the epoch (its end saves anyway); another worker's state is only its own
+                if (self.replicas.chief and 0 < args.checkpoint_secs <= now - self.last_save
+                        and st.step < self.n_batches):
                     self._save("train")
                     t = time.monotonic()
         return True
@@ -390,7 +407,8 @@ class Trainer:
         events = []
         st.new_epoch()
         if self.dev_dirs:
-            row["dev_loss"] = dev_loss = self.validate(epoch, self.dev_data, "Validation")
+            row["dev_loss"] = dev_loss = self.replicas.agree(  # the chief's, on every worker
+                self.validate(epoch, self.dev_data, "Validation"))
             decision = self.schedule.update(dev_loss)
             if decision.save_best:
                 log.info("Saved new best validating model with loss %f to: %s", dev_loss, self._save("best_dev"))
