@@ -362,7 +362,8 @@ class Replicas:
 
 
 def _copy_state(src: Path, dst: Path) -> None:
-    """The chief's checkpoints (those its state files list) and metrics.csv, into another worker's state folder."""
+    """The chief's checkpoints (those its state files list), run.json and metrics.csv, into another worker's state
+    folder."""
     for sub, state_file in (("ckpt", "checkpoint"), ("best", "checkpoint")):
         state = src / sub / state_file
         if not state.is_file():
@@ -373,7 +374,7 @@ def _copy_state(src: Path, dst: Path) -> None:
             for f in (src / sub).glob(f"{name}.*"):
                 shutil.copy2(f, dst / sub / f.name)
         (dst / sub / state_file).write_text(text, encoding="utf-8")
-    metrics = src / "metrics.csv"
-    if metrics.is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(metrics, dst / "metrics.csv")
+    for name in ("run.json", "metrics.csv"):  # the identity (a folder of checkpoints needs it), the epochs' rows
+        if (src / name).is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
