@@ -7,10 +7,14 @@ The SLURM launch (srun, the cluster from SLURM's environment) is tested in tests
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,12 +65,19 @@ def free_ports(n):
     return ports
 
 
-def two_workers(log, args, timeout=900) -> list[int]:
-    """`dsflow --log LOG ARGS` as the two workers of a cluster on localhost (TF_CONFIG); their exit codes."""
+def two_workers(log, args, stop_at=None, timeout=900) -> list[int]:
+    """`dsflow --log LOG ARGS` as the two workers of a cluster on localhost (TF_CONFIG); their exit codes. With
+    `stop_at`, worker 1 gets a SIGTERM when its log (LOG.worker1) has that text."""
     workers = [f"localhost:{p}" for p in free_ports(2)]
     procs = [dsflow("--log", log, *args, env={"TF_CONFIG": json.dumps(
         {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})}) for i in range(2)]
     try:
+        if stop_at:
+            worker1, deadline = Path(f"{log}.worker1"), time.monotonic() + timeout
+            while not (worker1.exists() and stop_at in worker1.read_text()):
+                assert procs[1].poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            procs[1].send_signal(signal.SIGTERM)
         return [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
@@ -109,6 +120,28 @@ def test_the_train_rule_asks_slurm_for_nodes_and_starts_a_task_on_each():
     assert distribute.launcher(type("R", (), resources), 8) == (
         "srun --nodes=2 --ntasks=2 --distribution=block --cpus-per-task=8 --kill-on-bad-exit=1 ")
     assert distribute.launcher(type("R", (), {"gpu": 4}), 8) == ""
+
+
+def test_the_train_job_reserves_train_gpus_and_its_nodes(tmp_path):
+    """What Snakemake (and through the SLURM plugin, sbatch) is asked for, and the command each way."""
+    from tests.conftest import TINY
+    from tests.workflow import snakemake, workdir
+
+    wd = workdir(tmp_path)
+    for extra, resources, launch in (
+            ([], "gpu=1, gpu_model=", "dsflow --log"),
+            (["train_gpus=4"], "gpu=4, gpu_model=", "dsflow --log"),
+            (["train_gpus=4", "train_nodes=3", "gpu_model=h100"],
+             "gres=gpu:h100:4, nodes=3, tasks=3, tasks_per_gpu=0, mpi=srun",
+             "srun --nodes=3 --ntasks=3 --distribution=block --cpus-per-task=8 --kill-on-bad-exit=1 dsflow --log")):
+        # (--resources gpu=8: the default profile's cap of 1 would cap the job's request too)
+        out = snakemake(wd, "-n", "-p", "--cores", "8", "--resources", "gpu=8", *TINY, "--config", *extra, "--",
+                        "results/checkpoints").stdout
+        job = out[out.index("rule train:"):]
+        assert re.search(rf"resources: tmpdir=\S+, {resources}\n", job), job[:1500]
+        gpus = extra[0][-1] if extra else "1"
+        assert re.search(rf"^Shell command: {re.escape(launch)} results/logs/train.log train .*--train_gpus {gpus}",
+                         job, re.M), job[:3000]
 
 
 # ---------------------------------------------------------------------------------------------- two devices
@@ -197,22 +230,33 @@ def test_two_workers_train_the_ldc93s1_smoke_test_to_its_exact_transcript(tmp_pa
     clip) on two worker processes (MultiWorkerMirroredStrategy over gRPC on localhost): each step gives each
     worker a copy of the clip. 20 copies make an epoch of 10 steps, so that the ~300 updates the transcript
     needs (measured: exact after 30 epochs, 'al year' after 20-25) are not 300 epochs of validation and
-    checkpoints; a re-run with more epochs continues (both workers resume) until it is exact. Only the chief
-    (worker 0) writes the state and publishes."""
+    checkpoints; a re-run with more epochs continues (both workers resume) until it is exact. The first run is
+    stopped early: a SIGTERM to worker 1 alone stops both after the same step (the chief saves, then both exit
+    143), and the next run resumes there. Only the chief (worker 0) writes the state and publishes."""
     train = make_features(tmp_path, "train", [LDC_TEXT] * 20)
     work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
+
+    def args(epochs):
+        return ["train"] + train_args(train, work, out, "--n_hidden", 100, "--learning_rate", 0.001, "--dropout_rate",
+                                      0.05, "--train_batch_size", 1, "--dev_batch_size", 1, "--epochs", epochs,
+                                      "--threads", 1, dev=ldc_features)[1:]
+
+    assert two_workers(log, args(30), stop_at="Training epoch 3...") == [143, 143]
+    chief, worker1 = log.read_text(), (tmp_path / "train.log.worker1").read_text()
+    assert "another worker was stopped" in chief and "stopped by signal 15" in chief and "signal 15:" in worker1
+    saved = re.findall(r"saved \S+/train-(\d+) \(epoch (\d+), step (\d+),", chief)[-1]
+    assert not out.exists() and saved[1] == "3"
     for epochs in range(30, 51, 5):
-        args = ["train"] + train_args(train, work, out, "--n_hidden", 100, "--learning_rate", 0.001,
-                                      "--dropout_rate", 0.05, "--train_batch_size", 1, "--dev_batch_size", 1,
-                                      "--epochs", epochs, "--threads", 1, dev=ldc_features)[1:]
-        assert two_workers(log, args) == [0, 0]
+        assert two_workers(log, args(epochs)) == [0, 0]
         net = checkpoints.load_model(out)  # best_dev
         batch = next(iter(dataset.load(ldc_features, net.alphabet, 1, train=False)))
         text = greedy(net(batch["features"]).numpy()[:, 0], int(batch["feature_lengths"][0]), net.alphabet)
         if text == LDC_TEXT:
             break
     assert text == LDC_TEXT, f"after {epochs} epochs: {text!r}"
-    assert "worker 0 of 2" in log.read_text() and "worker 1 of 2" in (tmp_path / "train.log.worker1").read_text()
+    chief, worker1 = log.read_text(), (tmp_path / "train.log.worker1").read_text()
+    assert f"resuming from {work}" in chief and f"global step {saved[0]}," in chief.split("resuming from")[1]
+    assert "worker 0 of 2" in chief and "worker 1 of 2" in worker1
     assert [p.name for p in work.iterdir()] == [state_dir(work).name]  # the chief's state folder only
     rows = metrics(out / "metrics.csv")
     assert len(rows) == epochs and rows[-1]["global_step"] == str(10 * epochs)

@@ -18,14 +18,15 @@ import pytest
 from dsflow import gpu
 from tests.workflow import ROOT, snakemake, workdir
 
-CLAIM = ("import os, sys; from dsflow import gpu; gpu.prepare(sys.argv[1]); "
+CLAIM = ("import os, sys; from dsflow import gpu; gpu.prepare(sys.argv[1], int(sys.argv[2])); "
          "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.environ['TF_FORCE_GPU_ALLOW_GROWTH'], flush=True); "
          "sys.stdin.read()")
 
 
-def holder(env: dict, command: str = "train") -> subprocess.Popen:
-    """A process that runs gpu.prepare(command), prints its CUDA_VISIBLE_DEVICES and holds it until stdin closes."""
-    return subprocess.Popen([sys.executable, "-c", CLAIM, command], env=env, stdin=subprocess.PIPE,
+def holder(env: dict, command: str = "train", gpus: int = 1) -> subprocess.Popen:
+    """A process that runs gpu.prepare(command, gpus), prints its CUDA_VISIBLE_DEVICES and holds it until stdin
+    closes."""
+    return subprocess.Popen([sys.executable, "-c", CLAIM, command, str(gpus)], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -53,6 +54,23 @@ def test_concurrent_gpu_jobs_get_distinct_devices_and_a_third_waits(env):
     assert c.stdout.readline().split()[0] == got[0]
     release(b)
     assert "all 2 GPUs are held by other jobs" in release(c)
+
+
+def test_a_training_on_two_gpus_claims_two_and_holds_none_while_it_waits(env):
+    """train_gpus=2 on a 3-GPU machine: a second such training waits for two free devices without taking the third,
+    which a one-GPU job gets meanwhile."""
+    env = dict(env, DSFLOW_GPU_COUNT="3")
+    a = holder(env, "train", 2)
+    assert a.stdout.readline().split()[0] == "'0,1'"
+    b = holder(env, "train", 2)
+    time.sleep(1.5)
+    assert b.poll() is None  # waiting ...
+    c = holder(env, "evaluate")
+    assert c.stdout.readline().split()[0] == "'2'"  # ... holding none
+    release(a)
+    assert b.stdout.readline().split()[0] == "'0,1'"
+    assert "waiting for 2 to be free" in release(b)
+    release(c)
 
 
 def test_memory_growth_is_on_and_a_given_device_or_slurm_allocation_is_kept(env):

@@ -1,6 +1,7 @@
 """profiles/slurm on a real SLURM: a one-node cluster on this machine (scripts/slurm_local.sh: munge, slurmdbd
 with MariaDB, slurmctld, slurmd from Debian), the whole chain submitted with sbatch by the SLURM executor plugin,
-every job checked in `sacct`, and training killed by SLURM at its time limit, retried, resumed from its state.
+every job checked in `sacct`, and training (two tasks started by srun, two workers of one training) killed by
+SLURM at its time limit, retried, resumed from its state.
 
 What differs from a production cluster is listed in scripts/slurm_local.sh and the README (a stand-in GPU device,
 no cgroups, one host). Runs as root (it starts the daemons); selected with `-m slurm`.
@@ -59,6 +60,13 @@ def sacct(conf: str, run_output: str) -> pd.DataFrame:
     return jobs.sort_values("id", key=lambda s: s.astype(int), ignore_index=True)
 
 
+def steps(conf: str, job: str) -> dict:
+    """The job steps of a job in the accounting: step name -> its number of tasks."""
+    out = subprocess.run(["sacct", "-j", job, "--parsable2", "--noheader", "--format=JobID,NTasks"],
+                         env=dict(os.environ, SLURM_CONF=conf), stdout=subprocess.PIPE, text=True, check=True).stdout
+    return {line.split("|")[0].partition(".")[2]: line.split("|")[1] for line in out.splitlines() if "." in line}
+
+
 def snakemake_env(conf: str) -> dict:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return dict(os.environ, SLURM_CONF=conf, PATH=path)  # sbatch, sacct, squeue: this cluster
@@ -84,16 +92,20 @@ def test_gpu_jobs_are_not_capped_by_the_workflow_profile(tmp_path, slurm):
 
 
 def test_whole_chain_through_sbatch_with_a_wall_time_kill(tmp_path, tiny_cv, slurm):  # noqa: F811
+    """The whole chain; training spans two tasks (train_nodes=2: srun starts one dsflow worker per task, the
+    cluster taken from SLURM's environment, MultiWorkerMirroredStrategy), killed at its time limit and resumed."""
     wd = workdir(tmp_path)
-    # The shipped profile, with one change: training's first attempt gets a 1-minute limit.
+    # The shipped profile, with two changes: training's first attempt gets a 1-minute limit, and its two tasks
+    # (train_nodes=2: --nodes=2 --ntasks=2) run on this cluster's one node (nodes: 1).
     profile = wd / "profiles/slurm/profile.yaml"
     settings = yaml.safe_load(profile.read_text())
     settings["set-resources"]["train"]["runtime"] = "1 if attempt == 1 else 30"
+    settings["set-resources"]["train"]["nodes"] = 1
     profile.write_text(yaml.safe_dump(settings))
 
     config = [f"common_voice_dir={tiny_cv}", "n_hidden=16", f"epochs={EPOCHS}", "early_stop=false",
               "reduce_lr_on_plateau=false", "train_batch_size=2", "dev_batch_size=2", "test_batch_size=2",
-              "report_count=2"]
+              "report_count=2", "train_nodes=2", "build_lm=true", "export_dir=results/export"]
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
                             "--slurm-init-seconds-before-status-checks", "2", "--config", *config],
                            cwd=wd, env=snakemake_env(slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -107,8 +119,8 @@ def test_whole_chain_through_sbatch_with_a_wall_time_kill(tmp_path, tiny_cv, slu
         while not (train_log.exists() and "Training epoch 2..." in train_log.read_text()):
             assert run.poll() is None and time.monotonic() < deadline, "training never reached epoch 2"
             time.sleep(0.2)
-        frozen = trainer_pids(wd)
-        assert frozen, "the trainer is not running"
+        frozen = trainer_pids(wd)  # both workers (and srun)
+        assert len(frozen) >= 2, "the trainers are not running"
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         out = run.communicate(timeout=1800)[0]
@@ -123,7 +135,7 @@ def test_whole_chain_through_sbatch_with_a_wall_time_kill(tmp_path, tiny_cv, slu
     assert jobs.rule.notna().all(), jobs
     assert sorted(jobs.rule) == sorted(["import_cv"] + ["validate"] * 3 + ["features"] * 3 + ["train"] * 2
                                        + ["lm", "evaluate", "export", "plot", "evaluation_page",
-                                          "validation_page"]), jobs
+                                          "validation_page", "run_page"]), jobs.to_string()
     train = jobs[jobs.rule == "train"]
     assert train.state.tolist() == ["TIMEOUT", "COMPLETED"], train
     assert train.timelimit.tolist() == ["00:01:00", "00:30:00"]
@@ -135,12 +147,24 @@ def test_whole_chain_through_sbatch_with_a_wall_time_kill(tmp_path, tiny_cv, slu
     assert (jobs.account == "dsflow").all()  # the user's default account
     assert "Trying to restart job" in out
 
-    # The retry continued from the state the killed attempt saved, not from epoch 0, and finished the run.
+    # Each attempt ran one job step of two tasks (srun), the workers of one training: the chief logs to the rule's
+    # log (the retry's: Snakemake empties it), worker 1 to train.log.worker1 (both attempts).
+    for job in train.id:
+        assert steps(slurm, job).get("0") == "2", steps(slurm, job)
     log = (wd / "results/logs/train.log").read_text()
+    worker1 = (wd / "results/logs/train.log.worker1").read_text()
+    assert "worker 0 of 2" in log and worker1.count("worker 1 of 2") == 2
+
+    # The retry continued from the state the killed attempt saved, not from epoch 0, and finished the run. Only
+    # the chief wrote a state folder (worker 1 trained on a private copy of it).
     resumed = re.search(r"resuming from \S+: epoch (\d+), step \d+", log)
     assert resumed and int(resumed[1]) >= 2, log[:3000]
+    assert re.search(rf"resuming from \S+: epoch {resumed[1]}, step", worker1)
     assert "Training epoch 0..." not in log
-    assert pd.read_csv(wd / "results/checkpoints/metrics.csv").epoch.tolist() == list(range(EPOCHS))
+    assert len(list((wd / "results/work/train").iterdir())) == 1
+    # 10 clips, 2 per device, 2 devices: 2 steps an epoch (the fifth batch is dropped, DeepSpeech's towers)
+    rows = pd.read_csv(wd / "results/checkpoints/metrics.csv")
+    assert rows.epoch.tolist() == list(range(EPOCHS)) and rows.global_step.tolist() == [2 * (e + 1) for e in rows.epoch]
     # The killed attempt's SLURM log is kept (successful ones are deleted); it shows SLURM's time-out.
     killed = train.id.iloc[0]
     slurm_log = next((wd / ".snakemake/slurm_logs/rule_train").glob(f"{killed}.log"))

@@ -260,6 +260,11 @@ class Replicas:
                 return
             yield group
 
+    def barrier(self) -> None:
+        """Wait until every worker is here (a stopped worker exits after the chief has saved: srun's
+        --kill-on-bad-exit ends the whole step at the first worker that exits with 128 + signal)."""
+        self.agree(0.0)
+
     def agree(self, value: float) -> float:
         """The chief's `value`, on every worker (the dev loss: every decision of the schedule is the same)."""
         if self.workers == 1:

@@ -199,7 +199,8 @@ class Trainer:
             self.opt = model.adam(args.learning_rate, args.beta1, args.beta2, args.epsilon)
             self.opt.build(self.net.trainable_variables)
         self.extra = self.replicas.loss_scale(dtype)  # float16's loss scale, saved with the checkpoints
-        self.saver = checkpoints.Saver(self.work, self.net, self.opt, args.max_to_keep, **self.extra)
+        self.keep = args.max_to_keep if self.replicas.chief else 1  # another worker's private state: its last
+        self.saver = checkpoints.Saver(self.work, self.net, self.opt, self.keep, **self.extra)
         rates = model.dropout_rates(args.dropout_rate, args.dropout_rate2, args.dropout_rate3, args.dropout_rate6)
         self.gradients, self.apply, self.evaluate = self.replicas.step_functions(
             self.net, self.opt, rates, dtype, self.extra.get("loss_scale"))
@@ -231,7 +232,7 @@ class Trainer:
             if self.saver.latest("train") or self.saver.latest("best_dev"):
                 log.warning("load_train init: discarding the training state in %s", self.work.path)
             self.work.discard()
-            self.saver = checkpoints.Saver(self.work, self.net, self.opt, self.args.max_to_keep, **self.extra)
+            self.saver = checkpoints.Saver(self.work, self.net, self.opt, self.keep, **self.extra)
             return None
         which = "best_dev" if load == "best" else "train"
         path, state = self.saver.restore(which)
@@ -283,6 +284,7 @@ class Trainer:
                 while st.epoch < args.epochs and not st.early_stopped:
                     if not self.train_epoch():
                         self._save("train")
+                        self.replicas.barrier()  # other workers exit after the chief saved
                         log.warning("stopped by signal %d; re-run the same command to continue", self.signal)
                         return 128 + self.signal
                     self.end_epoch()
