@@ -7,7 +7,8 @@ the same cores, so no gain is expected on a CPU).
 A step is the trainer's: gradients (forward, CTC loss, backward; for the strategy, the losses of all devices
 gathered) and the Adam update, on a synthetic batch of `batch` utterances of `seconds` seconds (50 frames per
 second, 15 characters a second). Audio-seconds per second = batch x seconds x devices / step time (best of the
-timed steps; the median in brackets).
+timed steps; the median in brackets); the ratios to the single-device loop are the median of the rounds' ratios
+(each round runs every variant once: the load of a shared machine cancels) and the ratio of the best steps.
 
     python bench/bench_distribute.py                        # the demo's size and n_hidden 2048
     python bench/bench_distribute.py --sizes 256:16:2.6 --steps 10
@@ -27,7 +28,7 @@ def main() -> None:
     p.add_argument("--sizes", default="256:16:2.6,2048:8:3",
                    help="n_hidden:batch:seconds, comma-separated (default: the demo's model, batch and mean clip "
                         "length; n_hidden 2048 with a batch that keeps a step near 10 s on 2 cores)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps of each variant, interleaved, after a warm-up")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each variant, interleaved, after a warm-up")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: default)")
     args = p.parse_args()
 
@@ -51,10 +52,11 @@ def main() -> None:
           f"amx_bf16={'amx_bf16' in flags}; GPUs: {len(tf.config.list_physical_devices('GPU'))}; TensorFlow "
           f"{tf.__version__}")
 
-    variants = {"single-device loop": lambda: Replicas(),
-                "MirroredStrategy, 1 device": lambda: Replicas(tf.distribute.MirroredStrategy(["/cpu:0"])),
-                "MirroredStrategy, 2 logical CPUs": lambda: Replicas(
-                    tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))}
+    # One strategy each for the whole process, as in `dsflow train` (two strategies on the same devices would
+    # reuse each other's collective keys).
+    variants = {"single-device loop": Replicas(),
+                "MirroredStrategy, 1 device": Replicas(tf.distribute.MirroredStrategy(["/cpu:0"])),
+                "MirroredStrategy, 2 logical CPUs": Replicas(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))}
     for size in args.sizes.split(","):
         n_hidden, batch, seconds = int(size.split(":")[0]), int(size.split(":")[1]), float(size.split(":")[2])
         frames, n_labels = int(round(seconds * 50)), int(seconds * 15)
@@ -67,8 +69,7 @@ def main() -> None:
                     "label_lengths": tf.fill([batch], n_labels)}
 
         steps = {}
-        for name, make in variants.items():
-            replicas = make()
+        for name, replicas in variants.items():
             with replicas.scope():
                 net = model.DeepSpeech(n_hidden, 29)
                 opt = model.adam(1e-4)
@@ -96,9 +97,14 @@ def main() -> None:
             rates[name] = batch * seconds * devices / min(times)
             print(f"  {name:34s} step {min(times):6.3f} s (median {np.median(times):.3f}, first {first:.1f}): "
                   f"{rates[name]:7.1f} audio-s/s" + (f" ({batch * devices} utterances a step)" if devices > 1 else ""))
-        base = rates["single-device loop"]
-        print(f"  MirroredStrategy on 1 device / single-device loop: {rates['MirroredStrategy, 1 device'] / base:.3f}"
-              f"; 2 logical CPUs / single-device loop: {rates['MirroredStrategy, 2 logical CPUs'] / base:.3f}")
+        # Throughput ratios to the single-device loop: of the rounds' step times (each round runs every variant
+        # once, back to back), the median, so that the shared machine's load changes cancel; and of the best steps.
+        (_, _, _, base), names = steps["single-device loop"], list(steps)[1:]
+        for name in names:
+            _, devices, _, times = steps[name]
+            paired = np.median([devices * b / t for b, t in zip(base, times)])
+            print(f"  {name} / single-device loop: {paired:.3f} (median of the rounds), "
+                  f"{rates[name] / rates['single-device loop']:.3f} (best steps)")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ replica r in step s are seeded with (random_seed, s*R + r). The utterance losses
 so a non-finite loss anywhere skips the update everywhere and every worker counts the same train loss.
 
 One device, one process and float32/bfloat16 (the default): no strategy at all; the step is
-dsflow.model.step_functions, exactly as before this module existed (bench/bench_train.py measures what the
-distributed step would cost there).
+dsflow.model.step_functions, exactly as before this module existed (bench/bench_distribute.py measures what the
+strategy's step would cost there). float16 always takes the replica step (its loss scale), on one device under
+TensorFlow's default strategy.
 
 Several workers (MultiWorkerMirroredStrategy, one process per node, each with all its node's GPUs, or one CPU
-replica): every worker runs the same loop on the same data and takes the decisions from values they all share
+replica): every worker reads (or augments) every batch and trains on its own; all run the same loop and take the
+decisions from values they all share
 (gathered losses; the chief's dev loss; a stop requested in any worker stops all after the same step). Only the
 chief (worker 0) writes the state folder and publishes; another worker trains on a private copy of the state
 (under $TMPDIR, removed when it exits) seeded from the chief's at start, so that DeepSpeech's plateau reload of
@@ -175,7 +177,10 @@ class Replicas:
 
         spec = cluster()
         gpus = tf.config.list_physical_devices("GPU")
-        cpus = int(os.environ.get(CPU_DEVICES) or 1)
+        try:
+            cpus = int(os.environ.get(CPU_DEVICES) or 1)
+        except ValueError:
+            raise UserError(f"{CPU_DEVICES}={os.environ[CPU_DEVICES]!r}: expected a number of devices") from None
         if cpus > 1 and gpus:
             log.warning("%s=%d ignored: training uses the job's %d GPUs", CPU_DEVICES, cpus, len(gpus))
         elif cpus > 1:

@@ -4,7 +4,8 @@ The loop: build the data, the model and the optimizer; claim the state folder (d
 run's identity and restore its latest checkpoint; then per epoch a batch loop (one update per batch, a checkpoint
 every --checkpoint_secs) and an end-of-epoch step (validation, DeepSpeech's early stop / plateau schedule, the
 metrics row, a checkpoint); at the end the checkpoint folder is published. Everything the loop counts is one
-`State`, saved with every checkpoint.
+`State`, saved with every checkpoint. On several devices or workers (dsflow.distribute: DeepSpeech's towers) a
+step takes one batch per device and makes one update; `step` and `global_step` count steps.
 
 The identity of a run is its model shape, alphabet, training and dev data (the features' content digests) and
 every training setting that changes the result: change any of them and training starts in a fresh state folder;
