@@ -45,8 +45,8 @@ def main() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(2)
     flags = cpu_flags()
-    model_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                      "?")
+    with open("/proc/cpuinfo") as f:
+        model_name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     print(f"CPU: {model_name}, {os.cpu_count()} cores; avx2={'avx2' in flags} avx512f={'avx512f' in flags} "
           f"avx512_vnni={'avx512_vnni' in flags} avx512_bf16={'avx512_bf16' in flags} "
           f"amx_bf16={'amx_bf16' in flags}; GPUs: {len(tf.config.list_physical_devices('GPU'))}; TensorFlow "

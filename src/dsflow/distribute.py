@@ -185,7 +185,11 @@ class Replicas:
             log.warning("%s=%d ignored: training uses the job's %d GPUs", CPU_DEVICES, cpus, len(gpus))
         elif cpus > 1:
             host = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(host, [tf.config.LogicalDeviceConfiguration()] * cpus)
+            try:
+                tf.config.set_logical_device_configuration(host, [tf.config.LogicalDeviceConfiguration()] * cpus)
+            except RuntimeError:
+                raise UserError(f"{CPU_DEVICES}={cpus}: TensorFlow already runs in this process; set it before "
+                                "`dsflow train` starts") from None
         if gpus and len(gpus) != train_gpus:
             log.warning("train_gpus is %d but this job sees %d GPUs (CUDA_VISIBLE_DEVICES=%s): training uses all %d",
                         train_gpus, len(gpus), os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"), len(gpus))
