@@ -245,7 +245,7 @@ def test_two_workers_train_the_ldc93s1_smoke_test_to_its_exact_transcript(tmp_pa
     chief, worker1 = log.read_text(), (tmp_path / "train.log.worker1").read_text()
     assert "another worker was stopped" in chief and "stopped by signal 15" in chief and "signal 15:" in worker1
     saved = re.findall(r"saved \S+/train-(\d+) \(epoch (\d+), step (\d+),", chief)[-1]
-    assert not out.exists() and saved[1] == "3"
+    assert not out.exists() and int(saved[1]) >= 3  # in epoch 3, or later on a machine faster than the polling
     for epochs in range(30, 51, 5):
         assert two_workers(log, args(epochs)) == [0, 0]
         net = checkpoints.load_model(out)  # best_dev
