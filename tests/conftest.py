@@ -1,4 +1,5 @@
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,15 @@ def stream_in_chunks(model, samples) -> tuple[str, list[str]]:
             if i % 40 == 39:
                 partial.append(stream.intermediate())
         return stream.finish(), partial
+
+
+def sox_samples(path, rate, tmp_path):
+    """16-bit mono samples at `rate`, converted with sox as DeepSpeech's client.py did."""
+    import soundfile as sf
+
+    out = tmp_path / f"{path.stem}.{rate}.wav"
+    subprocess.run(["sox", str(path), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
+                   check=True)
+    samples, got = sf.read(out, dtype="int16")
+    assert got == rate and samples.ndim == 1
+    return samples

@@ -12,7 +12,6 @@ The runtimes come from `bash scripts/fetch_runtimes.sh` (part of scripts/setup.s
 
 import shutil
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from dsflow import UserError, dataset, export, model, pbgraph, runtimes, transcr
 from dsflow.alphabet import Alphabet  # noqa: E402
 from dsflow.cli import main  # noqa: E402
 from dsflow.runtimes import _captured_stderr  # noqa: E402
-from tests.conftest import DATA, LDC, SENTENCE, stream_in_chunks  # noqa: E402
+from tests.conftest import DATA, LDC, SENTENCE, sox_samples, stream_in_chunks  # noqa: E402
 
 
 def _missing() -> str:
@@ -76,16 +75,6 @@ def stt(path, samples, scorer=None) -> str:
 
 def ldc_samples():
     return sf.read(LDC / "LDC93S1.wav", dtype="int16")[0]
-
-
-def sox_samples(path, rate, tmp_path):
-    """16-bit mono samples at `rate`, converted with sox as DeepSpeech's client.py did."""
-    out = tmp_path / f"{path.stem}.{rate}.wav"
-    subprocess.run(["sox", str(path), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
-                   check=True)
-    samples, got = sf.read(out, dtype="int16")
-    assert got == rate and samples.ndim == 1
-    return samples
 
 
 # ---------------------------------------------------------------------------------------------- the format

@@ -9,7 +9,6 @@ same file, and one whose tensors only match DeepSpeech's interface by name.
 The runtimes come from `bash scripts/fetch_runtimes.sh` (part of scripts/setup.sh); without them these tests skip.
 """
 
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ tf = pytest.importorskip("tensorflow")
 
 from dsflow import UserError, dataset, runtimes, tflite, transcribe  # noqa: E402
 from dsflow.cli import main  # noqa: E402
-from tests.conftest import LDC, stream_in_chunks  # noqa: E402
+from tests.conftest import LDC, sox_samples, stream_in_chunks  # noqa: E402
 
 SENTENCE = "she had your dark suit in greasy wash water all year"
 RUNTIMES = ("deepspeech-tflite", "stt")
@@ -35,16 +34,6 @@ def _missing() -> str:
 
 
 pytestmark = pytest.mark.skipif(bool(_missing()), reason=f"runtimes not installed: {_missing()}")
-
-
-def sox_samples(path, rate, tmp_path) -> np.ndarray:
-    """16-bit mono samples at `rate`, converted with sox as DeepSpeech's client.py did."""
-    out = tmp_path / f"{path.stem}.{rate}.wav"
-    subprocess.run(["sox", str(path), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
-                   check=True)
-    samples, got = sf.read(out, dtype="int16")
-    assert got == rate and samples.ndim == 1
-    return samples
 
 
 def rewritten(src, dst, change) -> None:
