@@ -33,7 +33,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from dsflow import UserError, __version__
+from dsflow import UserError, __version__, read_json
 from dsflow.atomic import atomic_dir, atomic_open, write_text
 from dsflow.log import SHOW, log
 
@@ -279,11 +279,8 @@ def _load_deepspeech(checkpoint_dir: Path, which: str, alphabet_path, bytes_outp
 
 def flags(checkpoint_dir: str | Path) -> dict:
     """The training flags of a published checkpoint folder."""
-    path = Path(checkpoint_dir) / FLAGS
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{checkpoint_dir}: no {FLAGS}; not a checkpoint folder written by `dsflow train`") from None
+    return read_json(Path(checkpoint_dir) / FLAGS,
+                     f"{checkpoint_dir}: no {FLAGS}; not a checkpoint folder written by `dsflow train`")
 
 
 def features_meta(checkpoint_dir: str | Path) -> dict | None:
@@ -292,11 +289,8 @@ def features_meta(checkpoint_dir: str | Path) -> dict | None:
     path = Path(checkpoint_dir) / FEATURES
     if not path.is_file() and not (Path(checkpoint_dir) / FLAGS).is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{checkpoint_dir}: no {FEATURES} (the feature settings the model was trained with); "
-                        "not a checkpoint folder written by `dsflow train`") from None
+    return read_json(path, f"{checkpoint_dir}: no {FEATURES} (the feature settings the model was trained with); "
+                           "not a checkpoint folder written by `dsflow train`")
 
 
 def load_model(checkpoint_dir: str | Path, which: str = "auto", alphabet_path: str | Path | None = None,

@@ -29,7 +29,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from dsflow import UserError, __version__
+from dsflow import UserError, __version__, read_json
 from dsflow.alphabet import Alphabet
 from dsflow.log import SHOW, Progress, log
 from dsflow.mfcc import N_INPUT
@@ -151,10 +151,7 @@ def source(features_dir: str | Path) -> str:
 
 def meta(features_dir: str | Path) -> dict:
     path = Path(features_dir) / META
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no feature metadata; run `dsflow features` for this split first") from None
+    return read_json(path, f"{path}: no feature metadata; run `dsflow features` for this split first")
 
 
 def _alphabet(alphabet: Alphabet | str | Path) -> Alphabet:

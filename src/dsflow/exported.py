@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from dsflow import UserError
+from dsflow import UserError, read_json
 from dsflow.alphabet import Alphabet
 
 GRAPH_VERSION = 6  # DeepSpeech 0.9.3's util/config.py: the native client refuses other versions
@@ -40,11 +39,8 @@ class ExportedModel:
             if savedmodel:
                 path = path / SAVED_MODEL
             else:
-                try:
-                    info = json.loads((path / METADATA).read_text(encoding="utf-8"))
-                except FileNotFoundError:
-                    raise UserError(f"{path}: not an export folder (no {METADATA}); give a .tflite file, a "
-                                    "SavedModel folder or a folder written by `dsflow export`") from None
+                info = read_json(path / METADATA, f"{path}: not an export folder (no {METADATA}); give a .tflite "
+                                                  "file, a SavedModel folder or a folder written by `dsflow export`")
                 if not info["tflite"]:
                     hint = f", or give its {info['pbmm']}" if info.get("pbmm") else ""
                     raise UserError(f"{path}: this export has no TFLite model (exported with export_tflite "
