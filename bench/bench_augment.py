@@ -126,6 +126,8 @@ def main() -> None:
     p.add_argument("--n_hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--nice", default="0", help="the workers' niceness values to compare, e.g. 0,10 (default 0)")
+    p.add_argument("--regroup", default="8", help="batches regrouped by augmented length (AugmentedSplit's "
+                                                  "regroup; 1: none, DeepSpeech's batches) to compare, e.g. 1,8")
     p.add_argument("--feed", default="tensors",
                    help="tensors: AugmentedSplit.tensors (the drop-in); numpy: its batches fed as arrays")
     p.add_argument("--train-only", action="store_true", help="skip the producer's cost table")
@@ -168,14 +170,15 @@ def main() -> None:
         gradients, apply, _ = step_functions(net, opt, model.dropout_rates(0.05), tf.float32)
         durations = dict(zip(index["wav_filename"], index["duration"]))
 
-        def epoch(data, split=None) -> tuple[float, float, float]:
-            """(audio-s/s, this process's CPU-ms per audio-s, the workers' CPU-ms per audio-s)"""
-            audio, start, step = 0.0, time.perf_counter(), 0
+        def epoch(data, split=None) -> tuple[float, float, float, int]:
+            """(audio-s/s, this process's CPU-ms per audio-s, the workers' CPU-ms per audio-s, padded frames)"""
+            audio, start, step, frames = 0.0, time.perf_counter(), 0, 0
             cpu, workers = time.process_time(), worker_cpu(split)
             for batch in data:
                 _, grads = gradients(batch["features"], batch["feature_lengths"], batch["labels"],
                                      batch["label_lengths"], tf.constant([1, step], tf.int64))
                 apply(grads)
+                frames += batch["features"].shape[0] * batch["features"].shape[1]
                 names = batch["wav_filename"]
                 audio += sum(durations[n.decode()] for n in getattr(names, "numpy", lambda: names)())
                 step += 1
@@ -183,7 +186,7 @@ def main() -> None:
             if split is not None:
                 waits.append(split.waited / wall)
             return (audio / wall, (time.process_time() - cpu) / audio * 1000,
-                    (worker_cpu(split) - workers) / audio * 1000)
+                    (worker_cpu(split) - workers) / audio * 1000, frames)
 
         cached = dataset.load(features_dir, ALPHABET, args.batch, train=True)
         waits: list[float] = []
@@ -191,9 +194,11 @@ def main() -> None:
         configs = {"cached features (today)": None}
         for nice in map(int, args.nice.split(",")):
             for feed in args.feed.split(","):
-                configs[f"augmented, {args.workers} worker(s), nice {nice}, {feed}"] = (nice, feed)
+                for regroup in map(int, args.regroup.split(",")):
+                    configs[f"augmented, {args.workers} worker(s), nice {nice}, {feed}, regroup {regroup}"] = (
+                        nice, feed, regroup)
         splits = {name: AugmentedSplit(features_dir, ALPHABET, args.batch, specs, epochs=10, workers=args.workers,
-                                       nice=c[0]) for name, c in configs.items() if c}
+                                       nice=c[0], regroup=c[2]) for name, c in configs.items() if c}
         for split in splits.values():
             for _ in split.batches(0, n_batches - 1):  # start the workers
                 pass
@@ -210,12 +215,14 @@ def main() -> None:
             split.close()
         print(f"\ntraining n_hidden {args.n_hidden}, batch {args.batch}, TF threads {args.threads or 'default'} "
               f"(best of {args.repeat}): audio-s/s; CPU-ms per audio-second of the trainer's process and of "
-              "the producer's workers; the wall-clock ratio to the cached features' rate (goal >= 0.80)")
+              "the producer's workers; the wall-clock ratio to the cached features' rate (goal >= 0.80); the frames "
+              "the trainer computed (batch x padded length) over the cached features' (mean of the epochs)")
         base = max(runs["cached features (today)"])
         for name, values in runs.items():
-            rate, trainer, workers = max(values)
-            print(f"  {name:46s} {rate:6.1f}  trainer {trainer:5.2f}  workers {workers:5.2f}  ratio "
-                  f"{rate / base[0]:.2f}   (all: {', '.join(f'{v[0]:.1f}' for v in values)})")
+            rate, trainer, workers, _ = max(values)
+            frames = np.mean([v[3] for v in values]) / base[3]
+            print(f"  {name:58s} {rate:6.1f}  trainer {trainer:6.2f}  workers {workers:5.2f}  ratio "
+                  f"{rate / base[0]:.2f}  frames {frames:.2f}   (all: {', '.join(f'{v[0]:.1f}' for v in values)})")
         print(f"  the trainer waited for augmented batches {min(waits):.0%}-{max(waits):.0%} of an epoch's time; TF "
               "used trainer CPU-ms x audio-s/s / 1000 cores")
         print(cpu_line())

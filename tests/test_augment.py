@@ -329,6 +329,36 @@ def test_batches_are_reproducible_by_seed_epoch_and_clip(corpus):
         assert not all(np.array_equal(a["features"], b["features"]) for a, b in zip(split.batches(1), epoch1))
 
 
+def test_clips_whose_length_changed_are_regrouped_within_their_window(corpus):
+    from dsflow import dataset
+    from dsflow.augmented import AugmentedSplit
+
+    frames = dict(zip(*(dataset.info(corpus / "features")[c] for c in ("wav_filename", "n_frames"))))
+    names = list(frames)
+
+    def epoch1(regroup):
+        with AugmentedSplit(corpus / "features", ALPHABET, 2, ["tempo[p=0.3,factor=1~0.5]"], epochs=2, workers=0,
+                            regroup=regroup) as split:
+            batches = list(split.batches(1))
+            assert_same(list(split.batches(1, start=3)), batches[3:])  # resumed inside a window
+        clips = {n.decode(): f[:k] for b in batches for n, f, k in zip(b["wav_filename"], b["features"],
+                                                                        b["feature_lengths"])}
+        return batches, clips
+
+    plain, plain_clips = epoch1(1)  # DeepSpeech's batches: padded to a slowed clip
+    assert list(plain_clips) == names
+    assert any(len(f) != frames[n] for n, f in plain_clips.items())  # tempo changed lengths
+    batches, clips = epoch1(4)
+    order = list(clips)
+    assert order != names
+    for w in range(0, 20, 8):  # a window's clips stay in it, sorted by their new length (stable)
+        window = order[w:w + 8]
+        assert sorted(window) == sorted(names[w:w + 8])
+        assert window == sorted(window, key=lambda n: (len(clips[n]), names.index(n)))
+    assert all(np.array_equal(clips[n], plain_clips[n]) for n in names)  # the same augmented clips
+    assert (sum(b["features"].shape[1] for b in batches) < sum(b["features"].shape[1] for b in plain))
+
+
 def test_feature_only_augmentations_on_the_cache_equal_the_full_pipeline(corpus):
     from dsflow.augmented import AugmentedSplit
 

@@ -53,6 +53,21 @@ def test_a_training_hyperparameter_reruns_training_and_what_follows_only(wd):
     assert re.search(r"rule train:.*?reason: Params have changed since last execution", out, re.S)
 
 
+def test_augment_reruns_training_and_what_follows_and_a_bad_spec_stops_before_any_job(wd):
+    augment = 'augment=["pitch[p=1,pitch=1~0.2]","tempo[p=0.5,factor=1~0.3]","frequency_mask[n=1,size=2]"]'
+    assert set(stale(dry_run(wd, augment))) == {"train", "evaluate", "plot", "evaluation_page", "run_page", "export"}
+    snakemake(wd, "--cores", "2", *TINY, "--config", augment)  # a real augmented training in the chain
+    log = (wd / "results/logs/train.log").read_text()
+    assert "augmenting the training clips afresh every epoch (audio, 1 worker process(es)): pitch[p=1" in log
+    assert stale(dry_run(wd, augment)) == {}
+    for spec, message in [("echo[p=1]", "unknown augmentation 'echo'"),
+                          ("volume[p=2]", "probability takes values in [0, 1]"),
+                          ("overlay[source=noise/none.csv]", "CSV file does not exist")]:
+        out = snakemake(wd, "-n", "--cores", "2", *TINY, "--config", f'augment=["{spec}"]', check=False)
+        assert out.returncode != 0 and f"augment {spec!r}" in out.stdout and message in out.stdout, out.stdout
+        assert "Job stats" not in out.stdout
+
+
 def test_a_decoder_flag_reruns_evaluation_only(wd):
     for flag in ("beam_width=10", "lm_alpha=0.5", "lm_beta=2.0", "cutoff_prob=0.99", "cutoff_top_n=10"):
         assert set(stale(dry_run(wd, flag))) == {"evaluate", "plot", "evaluation_page"}, flag

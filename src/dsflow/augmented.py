@@ -14,9 +14,16 @@ Design
   signal ones on the same, spectrogram ones on dsflow.mfcc.spectrogram, then dsflow.mfcc.mfcc_of_spectrogram
   (bit-identical to the features job's mfcc), feature ones on the MFCCs; which augmentations apply to a clip (p) is
   decided first, so a clip none applies to costs only its reading and features. `workers` processes (forkserver,
-  one BLAS thread) each compute whole batches (read, augment, features, zero-padding); at most `ahead` batches are
-  in flight or waiting (bounded memory). The trainer's process only adds the labels and converts to tensors
+  one BLAS thread) each compute whole batches' clips (read, augment, features); at most `ahead` batches are in
+  flight or waiting (bounded memory). The trainer's process pads them, adds the labels and converts to tensors
   (about 1 CPU-ms a batch). `waited` says how long the consumer waited for the workers in the current epoch.
+- Regrouping (not in DeepSpeech): `tempo` (and `codec`'s last frame) change a clip's length, and a batch is padded
+  to its longest clip, so one slowed clip among 16 short ones made the whole batch longer: with TRAINING.rst's
+  example set the trainer computed 14-39% more frames an epoch than without augmentation (bench/bench_augment.py).
+  So the clips of `regroup` consecutive batches (a window) are sorted by their augmented length (stable) and cut
+  into batches again. Without a length change a window keeps DeepSpeech's batches exactly; the clips stay in their
+  window (the order stays shortest first, within a window), and batch k of an epoch is still the same however it
+  is reached.
 - Cost (bench/bench_augment.py, 2-core AMD EPYC shared with other jobs): reading + features 0.12 CPU-ms per audio
   second; DeepSpeech's TRAINING.rst example set (13 augmentations, mostly p=0.1) 1.4-1.8, about 80% of it the Opus
   encoder of `codec` (0.8 with codec complexity=0, 0.5 without codec); the demo's trainer (n_hidden 256, batch 16)
@@ -181,8 +188,8 @@ def clock(epoch: int, index: int, n_clips: int, epochs: int) -> float:
     return (epoch * n_clips + index) / (epochs * n_clips) if epochs > 0 and n_clips > 0 else 0.0
 
 
-def _batch_features(epoch: int, rows) -> tuple[np.ndarray, np.ndarray]:
-    """One task: (features [B, T, 26] zero-padded, lengths [B]) of rows (index, path, label length)."""
+def _batch_features(epoch: int, rows) -> list[np.ndarray]:
+    """One task: the features [T, 26] of each of rows (index, path, label length)."""
     from dsflow.audio import read_pcm16
 
     w = _worker
@@ -192,11 +199,25 @@ def _batch_features(epoch: int, rows) -> tuple[np.ndarray, np.ndarray]:
         ctx = augment.Context(w["sample_rate"], w["win_step"], label_length)
         out.append(clip_features(samples, w["augs"], w["seed"], epoch, index,
                                  clock(epoch, index, w["n_clips"], w["epochs"]), ctx, w["win_len"], w["win_step"]))
-    lengths = np.array([len(f) for f in out], np.int32)
-    features = np.zeros((len(out), int(lengths.max(initial=0)), N_INPUT), np.float32)
-    for i, f in enumerate(out):
+    return out
+
+
+def pad(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(features [B, T, 26] zero-padded to the longest clip, lengths [B])."""
+    lengths = np.array([len(f) for f in clips], np.int32)
+    features = np.zeros((len(clips), int(lengths.max(initial=0)), N_INPUT), np.float32)
+    for i, f in enumerate(clips):
         features[i, :len(f)] = f
     return features, lengths
+
+
+def regrouped(first: int, clips: list[np.ndarray], frames, batch_size: int):
+    """The batches of a window of clips (clip indices first.., their features, their unaugmented frame counts):
+    [(clip indices, features)], re-cut by augmented length (stable) when any length changed, else as they were."""
+    lengths = np.array([len(f) for f in clips])
+    order = np.argsort(lengths, kind="stable") if not np.array_equal(lengths, frames) else np.arange(len(clips))
+    return [([first + int(k) for k in part], [clips[k] for k in part])
+            for part in np.split(order, range(batch_size, len(order), batch_size))]
 
 
 # ---------------------------------------------------------------------------------------------- the split
@@ -206,11 +227,12 @@ class AugmentedSplit:
 
     `augment_specs`: the `augment` strings (checked here: UserError). `random_seed`: the run's. `epochs`: the run's
     --epochs (the clock's end). `workers`: processes computing batches (0: in this process); `ahead`: batches in
-    flight or waiting (default 4 per worker); `nice`: the workers' niceness (0: 10 was not faster beside TensorFlow,
-    and starved the workers when other jobs loaded the machine)."""
+    flight or waiting (default two windows, at least 4 per worker); `nice`: the workers' niceness (0: 10 was not
+    faster beside TensorFlow, and starved the workers when other jobs loaded the machine); `regroup`: batches a
+    window has (1: none regrouped)."""
 
     def __init__(self, features_dir, alphabet, batch_size: int, augment_specs, random_seed: int = 4568,
-                 epochs: int = 75, workers: int = 1, ahead: int | None = None, nice: int = 0):
+                 epochs: int = 75, workers: int = 1, ahead: int | None = None, nice: int = 0, regroup: int = 8):
         from dsflow.alphabet import Alphabet
 
         self.dir = Path(features_dir)
@@ -233,7 +255,9 @@ class AugmentedSplit:
         self.n_batches = len(self.paths) // batch_size  # DeepSpeech drops the last partial training batch
         self.cached = all(a.domain == "features" for a in self.augmentations)
         self.workers = 0 if self.cached else max(0, workers)
-        self.ahead = ahead or max(4, 4 * self.workers)
+        self.regroup = max(1, regroup)
+        self.frames = np.asarray(index["n_frames"])
+        self.ahead = ahead or max(2 * self.regroup, 4 * self.workers)
         self.nice = nice
         self.waited = 0.0  # seconds the consumer waited for the workers in the current `batches` (log it per epoch)
         self._pool = None
@@ -244,8 +268,8 @@ class AugmentedSplit:
         first = b * self.batch_size
         return [(i, self.paths[i], len(self.labels[i])) for i in range(first, first + self.batch_size)]
 
-    def _finish(self, b: int, features: np.ndarray, lengths: np.ndarray) -> dict:
-        idx = range(b * self.batch_size, (b + 1) * self.batch_size)
+    def _finish(self, idx: list[int], clips: list[np.ndarray]) -> dict:
+        features, lengths = pad(clips)
         label_lengths = np.array([len(self.labels[i]) for i in idx], np.int32)
         labels = np.full((len(idx), int(label_lengths.max())), LABEL_PAD, np.int32)
         for row, i in enumerate(idx):
@@ -259,29 +283,43 @@ class AugmentedSplit:
         if self.cached:
             yield from self._cached_batches(epoch, start)
             return
+        first = start - start % self.regroup  # the window of batch `start` is computed whole
+        stream = self._clip_batches(epoch, first)
+        try:
+            for window in range(first, self.n_batches, self.regroup):
+                clips = [c for _ in range(min(self.regroup, self.n_batches - window)) for c in next(stream)]
+                lo = window * self.batch_size
+                for b, (idx, part) in enumerate(regrouped(lo, clips, self.frames[lo:lo + len(clips)],
+                                                          self.batch_size), window):
+                    if b >= start:
+                        yield self._finish(idx, part)
+        finally:
+            stream.close()
+
+    def _clip_batches(self, epoch: int, start: int):
+        """The clips' features of batches start.. of `epoch` in DeepSpeech's order, computed ahead by the workers."""
         if self.workers == 0:
             _state(self.specs, self.sample_rate, self.win_len, self.win_step, self.seed, len(self.paths),
                    self.epochs)
             for b in range(start, self.n_batches):
-                yield self._finish(b, *_batch_features(epoch, self._rows(b)))
+                yield _batch_features(epoch, self._rows(b))
             return
         pool = self._executor()
         self.waited = 0.0
         todo = iter(range(start, self.n_batches))
-        pending = deque((b, pool.submit(_batch_features, epoch, self._rows(b)))
-                        for b in itertools.islice(todo, self.ahead))
+        pending = deque(pool.submit(_batch_features, epoch, self._rows(b)) for b in itertools.islice(todo, self.ahead))
         try:
             while pending:
-                b, future = pending.popleft()
+                future = pending.popleft()
                 for nxt in itertools.islice(todo, 1):
-                    pending.append((nxt, pool.submit(_batch_features, epoch, self._rows(nxt))))
+                    pending.append(pool.submit(_batch_features, epoch, self._rows(nxt)))
                 if not future.done():
                     t = time.monotonic()
                     future.result()
                     self.waited += time.monotonic() - t
-                yield self._finish(b, *future.result())
+                yield future.result()
         finally:
-            for _, future in pending:
+            for future in pending:
                 future.cancel()
 
     def _cached_batches(self, epoch: int, start: int):

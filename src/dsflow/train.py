@@ -122,6 +122,9 @@ class Trainer:
             self.augmented = AugmentedSplit(args.train_features, self.alphabet, args.train_batch_size, args.augment,
                                             random_seed=args.random_seed, epochs=args.epochs,
                                             workers=args.augment_workers)
+            log.info("augmenting the training clips afresh every epoch (%s): %s",
+                     "the cached features" if self.augmented.cached else
+                     f"audio, {self.augmented.workers or 'no'} worker process(es)", " ".join(args.augment))
         self.dev_data = {d: (dataset.load(d, self.alphabet, args.dev_batch_size, False, args.limit_dev, args.reverse_dev),
                              math.ceil(len(dataset.rows(d, args.limit_dev)) / args.dev_batch_size))
                          for d in self.dev_dirs}
