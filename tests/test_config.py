@@ -74,11 +74,11 @@ def test_deepspeechs_scorer_alias_is_read_as_scorer_path():
 def test_the_demos_tuning_applies_to_the_demo_only():
     demo = {}
     assert dscfg.resolve(demo, base=ROOT) == []
-    assert demo["common_voice_dir"] == dscfg.DEMO_CV_DIR and demo["n_hidden"] == 256 and demo["epochs"] == 12
+    assert demo["common_voice_dir"] == dscfg.DEMO_CV_DIR and demo["n_hidden"] == 256 and demo["epochs"] == 30
     assert demo["learning_rate"] == 0.001  # not in demo.yaml: DeepSpeech's default
     mine = {"n_hidden": 64, "common_voice_dir": ""}  # the demo with one key of yours
     assert dscfg.resolve(mine, base=ROOT) == []
-    assert mine["n_hidden"] == 64 and mine["epochs"] == 12 and mine["common_voice_dir"] == dscfg.DEMO_CV_DIR
+    assert mine["n_hidden"] == 64 and mine["epochs"] == 30 and mine["common_voice_dir"] == dscfg.DEMO_CV_DIR
     own = {"train_files": "data/ldc93s1/ldc93s1.csv", "epochs": 3, "common_voice_dir": ""}
     assert dscfg.resolve(own, base=ROOT) == []
     assert own == {**dsflags.defaults(), "train_files": "data/ldc93s1/ldc93s1.csv", "epochs": 3}
