@@ -25,13 +25,11 @@ Design
   window (the order stays shortest first, within a window), and batch k of an epoch is still the same however it
   is reached.
 - Cost (bench/bench_augment.py, 2-core AMD EPYC shared with other jobs): reading + features 0.12 CPU-ms per audio
-  second; DeepSpeech's TRAINING.rst example set (13 augmentations, mostly p=0.1) 1.4-1.8, about 80% of it the Opus
-  encoder of `codec` (0.8 with codec complexity=0, 0.5 without codec); the demo's trainer (n_hidden 256, batch 16)
-  spends 2.6 (one TensorFlow thread) to 3.3 (two) CPU-ms per audio second. So the workers need roughly half the
-  trainer's CPU with the example set: on a machine with a core to spare for them (e.g. TensorFlow on one thread,
-  as fast as two at this size) training keeps its speed; on a saturated machine it runs at about
-  trainer / (trainer + workers) of it (measured 0.53-0.64 of the cached features' speed with other jobs loading
-  this machine, 0.71 with codec complexity=0).
+  second; DeepSpeech's TRAINING.rst example set (13 augmentations, mostly p=0.1) 1.4-1.9, about 80% of it the Opus
+  encoder of `codec`; the demo's pitch set 0.2. DeepSpeech's model (n_hidden 2048, batch 16) spends ~100 CPU-ms per
+  audio second, so beside it even the example set costs little: 0.88 of the cached features' speed (regrouped; 0.79
+  without). The demo's model (n_hidden 256) spends only 3-3.5 and keeps 1.7 of 2 cores busy, so there the ratio is
+  about trainer / (trainer + workers): 0.61 with the example set, 0.93 with the demo's pitch set.
 - Only feature-domain augmentations (add/multiply by default, or dropout/time_mask with domain=features): the
   audio is not read at all; the cached features are streamed with dataset.load and each clip's valid frames are
   augmented in the trainer's process (microseconds a clip). The result equals the full pipeline's, since the
