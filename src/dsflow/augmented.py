@@ -19,7 +19,8 @@ Design
   (about 1 CPU-ms a batch). `waited` says how long the consumer waited for the workers in the current epoch.
 - Regrouping (not in DeepSpeech): `tempo` (and `codec`'s last frame) change a clip's length, and a batch is padded
   to its longest clip, so one slowed clip among 16 short ones made the whole batch longer: with TRAINING.rst's
-  example set the trainer computed 14-39% more frames an epoch than without augmentation (bench/bench_augment.py).
+  example set the trainer computed 1.14-1.39x the frames of an epoch without augmentation, for 1.01-1.04x the audio
+  (bench/bench_augment.py; 1.08-1.09x regrouped).
   So the clips of `regroup` consecutive batches (a window) are sorted by their augmented length (stable) and cut
   into batches again. Without a length change a window keeps DeepSpeech's batches exactly; the clips stay in their
   window (the order stays shortest first, within a window), and batch k of an epoch is still the same however it
