@@ -356,7 +356,7 @@ def test_clips_whose_length_changed_are_regrouped_within_their_window(corpus):
         assert sorted(window) == sorted(names[w:w + 8])
         assert window == sorted(window, key=lambda n: (len(clips[n]), names.index(n)))
     assert all(np.array_equal(clips[n], plain_clips[n]) for n in names)  # the same augmented clips
-    assert (sum(b["features"].shape[1] for b in batches) < sum(b["features"].shape[1] for b in plain))
+    assert sum(b["features"].shape[1] for b in batches) < sum(b["features"].shape[1] for b in plain)
 
 
 def test_feature_only_augmentations_on_the_cache_equal_the_full_pipeline(corpus):

@@ -9,7 +9,6 @@ same file, and one whose tensors only match DeepSpeech's interface by name.
 The runtimes come from `bash scripts/fetch_runtimes.sh` (part of scripts/setup.sh); without them these tests skip.
 """
 
-
 import numpy as np
 import pytest
 import soundfile as sf
