@@ -67,3 +67,32 @@ def test_inside_a_job_stderr_goes_to_its_log(tmp_path, capfd):
     assert "oneDNN custom operations" in text and "a Python warning" in text and "an info line" in text
     assert "oneDNN" not in err and "a Python warning" not in err and "an info line" not in err
     assert "W train: a warning" in err
+
+
+def test_log_level_and_show_progressbar(tmp_path, monkeypatch):
+    """DeepSpeech's log_level (0 debug, 1 info, 2 warnings, 3 errors) and show_progressbar reach a job through the
+    workflow's environment (rules/common.smk): what the job's log gets."""
+    from dsflow import log as dslog
+
+    def job(name, level, progress):
+        monkeypatch.setenv("DSFLOW_LOG_LEVEL", level)
+        monkeypatch.setenv("DSFLOW_PROGRESS", progress)
+        log = tmp_path / f"{name}.log"
+        with dslog.job_output(str(log), name):
+            dslog.log.debug("a debug line")
+            dslog.log.info("an info line")
+            dslog.log.warning("a warning")
+            with dslog.Progress("counting", 3, "steps", interval=0) as progress:
+                for _ in range(3):
+                    progress.update()
+        return log.read_text()
+
+    default = job("default", "1", "1")
+    assert "a debug line" not in default and "an info line" in default and "a warning" in default
+    assert default.count("counting: ") == 4 and "counting: 3/3 steps (100%)" in default  # 3 periodic + the last
+    assert "a debug line" in job("debug", "0", "1")
+    warnings = job("warnings", "2", "1")
+    assert "an info line" not in warnings and "counting" not in warnings and "a warning" in warnings
+    assert "a warning" not in job("errors", "3", "1")
+    quiet = job("quiet", "1", "0")  # show_progressbar false: the summary line at the end only
+    assert "an info line" in quiet and quiet.count("counting: ") == 1 and "3/3 steps (100%)" in quiet

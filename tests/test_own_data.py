@@ -109,6 +109,17 @@ def test_continuing_a_model_under_new_settings_happens_when_asked(wd):
     assert flags(wd)["learning_rate"] == 0.0002 and step["learning_rate"] == 0.001
 
 
+def test_log_level_sets_what_the_jobs_log_and_reruns_nothing(wd):
+    """DeepSpeech's log_level and show_progressbar: what each job logs (an environment of the jobs, not a parameter,
+    so changing them makes nothing stale)."""
+    assert stale(snakemake(wd, "-n", *OWN, "--config", "log_level=2", "show_progressbar=false").stdout) == {}
+    log = wd / "results/logs/validate_train.log"
+    assert re.search(r" I dsflow --log .* validate ", log.read_text())  # the default, 1: info lines
+    log.unlink()
+    snakemake(wd, "--cores", "2", *OWN, "--forcerun", "validate", "--until", "validate", "--config", "log_level=3")
+    assert log.exists() and not re.search(r" [DIW] ", log.read_text())  # errors only: none
+
+
 def test_a_changed_or_removed_audio_file_reruns_its_split(wd):
     own = wd / "own"
     assert stale(snakemake(wd, "-n", *OWN).stdout) == {}

@@ -163,6 +163,15 @@ def test_epochs_is_the_total_and_a_finished_run_republishes(tmp_path, ldc_featur
     assert metrics(out / "metrics.csv") == rows
 
 
+def test_summary_dir_gets_the_tensorboard_events(tmp_path, ldc_features):
+    """DeepSpeech's summary_dir: TensorBoard's event files go there (train/ and dev/) instead of the state folder."""
+    work, tb = tmp_path / "work", tmp_path / "tb"
+    assert main(train_args(ldc_features, work, tmp_path / "out", "--n_hidden", 16, "--epochs", 1, "--summary_dir", tb,
+                           dev=ldc_features)) == 0
+    assert list((tb / "train").glob("events.out.tfevents.*")) and list((tb / "dev").glob("events.out.tfevents.*"))
+    assert not (state_dir(work) / "summaries").exists()
+
+
 def test_early_stop_ends_training_and_is_remembered(tmp_path, ldc_features):
     work, out, log = tmp_path / "work", tmp_path / "out", tmp_path / "train.log"
     args = ["--n_hidden", 16, "--early_stop", "true", "--es_epochs", 2, "--es_min_delta", 1e9]
